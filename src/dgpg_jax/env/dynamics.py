@@ -1,0 +1,70 @@
+"""Queue dynamics: FIFO dispatch with a finite buffer (tail drop), then Lindley service.
+
+Jobs sent to one server in one step join its queue in agent order. A job's response time
+is (work ahead of it + its size) / service rate. Cost O(J log J + M): jobs are sorted by
+server and per-server prefix sums give the work ahead, no (J, M) tensor.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class Dispatch:
+    """Outcome of sending one step's jobs to their servers."""
+
+    response_time: jax.Array  # (J,) float32, steps; the penalty for a rejected job, 0 for empty slots
+    accepted: jax.Array  # (J,) bool
+    rejected: jax.Array  # (J,) bool
+    arriving_work: jax.Array  # (M,) float32, accepted work joining each server
+
+
+def work_ahead(server: jax.Array, size: jax.Array, num_servers: int) -> jax.Array:
+    """(J,) work sent to the same server by earlier slots of this step (exclusive prefix sum).
+
+    `server` may hold `num_servers` for empty slots; those rows get 0.
+    """
+    order = jnp.argsort(server, stable=True)
+    sorted_size = size[order]
+    before = jnp.cumsum(sorted_size) - sorted_size  # exclusive prefix over all sorted rows
+    per_server = jax.ops.segment_sum(size, server, num_segments=num_servers + 1)
+    server_start = jnp.cumsum(per_server) - per_server  # exclusive prefix over servers
+    ahead_sorted = before - server_start[server[order]]
+    return jnp.zeros_like(size).at[order].set(ahead_sorted)
+
+
+def dispatch(backlog: jax.Array, service_rate: jax.Array, buffer_work: jax.Array, penalty_steps: jax.Array,
+             server: jax.Array, size: jax.Array, valid: jax.Array) -> Dispatch:
+    """Send job i (size[i], where valid[i]) to server[i].
+
+    A job is accepted if its server's backlog plus the work ahead of it and its own size
+    fit in the buffer; once a job is rejected, all later jobs at that server in this step
+    are too (tail drop: the work ahead counts rejected jobs, so the test is monotone).
+
+    Args:
+      backlog: (M,) work queued at the start of the step.
+      service_rate: (M,) work per step.
+      buffer_work: (M,) most work a server may hold.
+      penalty_steps: () response time charged for a rejected job.
+      server: (J,) int32 server index per job, in [0, M).
+      size: (J,) job work.
+      valid: (J,) bool, slot holds a job.
+    """
+    m = backlog.shape[0]
+    target = jnp.where(valid, server, m)
+    ahead = work_ahead(target, jnp.where(valid, size, 0.0), m)
+    server_backlog = backlog[server]
+    finish_work = server_backlog + ahead + size
+    accepted = valid & (finish_work <= buffer_work[server])
+    rejected = valid & ~accepted
+    response_time = jnp.where(accepted, finish_work / service_rate[server], jnp.where(rejected, penalty_steps, 0.0))
+    arriving_work = jax.ops.segment_sum(jnp.where(accepted, size, 0.0), target, num_segments=m + 1)[:m]
+    return Dispatch(response_time=response_time, accepted=accepted, rejected=rejected, arriving_work=arriving_work)
+
+
+def serve(backlog: jax.Array, arriving_work: jax.Array, service_rate: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Lindley recursion for one step: W' = max(0, W + A - mu). Returns (W', served work)."""
+    total = backlog + arriving_work
+    served = jnp.minimum(total, service_rate)
+    return total - served, served

@@ -1,0 +1,212 @@
+"""Pytrees of the cloud-scheduling environment: its configuration, params, state and jobs.
+
+`EnvConfig` is the host-side description a user writes (plain Python numbers, validated
+before anything is traced); `make_params` turns it into `EnvParams`, whose array sizes are
+static fields and whose numeric settings are pytree leaves, so `jax.vmap` over params works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from dgpg_jax.env.fleet import fleet_capacity
+
+CANDIDATE_SAMPLING = ("capacity", "uniform")
+
+
+def _check(name: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid: allowed {allowed}")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Settings of the environment. Times are in units of the mean job's service time
+    on an average server (the "mean job time"), so `mean_job_steps` changes only the
+    decision granularity."""
+
+    num_agents: int = 200
+    """Dispatcher agents N; each receives at most one job per step."""
+    servers_per_agent: float = 0.5
+    """Servers per agent; M = ceil(servers_per_agent * N)."""
+    num_candidates: int = 8
+    """Servers each job may choose among (k); k >= M means all servers."""
+    candidate_sampling: str = "capacity"
+    """How candidates are drawn, with replacement: in proportion to capacity, or uniformly."""
+    horizon: int = 1000
+    """Steps per episode (one day); the episode ends by truncation."""
+    mean_job_steps: float = 10.0
+    """Mean job's service time on an average server, in steps (the time scale)."""
+    utilisation: float = 0.75
+    """Target mean utilisation rho: mean arriving work / total capacity."""
+    diurnal_amplitude: float = 0.5
+    """Relative amplitude of the daily sine of the arrival rate (low at step 0)."""
+    burst_rate: float = 0.0
+    """Expected bursts per mean job time (0 turns bursts off)."""
+    burst_factor: float = 1.5
+    """Arrival-rate multiplier during a burst."""
+    burst_duration: float = 20.0
+    """Length of a burst, in mean job times."""
+    large_fraction: float = 0.1
+    """Share of jobs drawn from the heavy (Pareto) mode."""
+    small_sigma: float = 0.6
+    """Log-standard deviation of the lognormal small jobs (median 1 before scaling)."""
+    large_shape: float = 1.5
+    """Pareto tail index of the large jobs."""
+    large_scale: float = 4.0
+    """Pareto minimum of the large jobs, relative to the small-job median."""
+    large_clip: float = 12.5
+    """Largest large job as a multiple of `large_scale`."""
+    buffer_time: float = 100.0
+    """Work a server may hold, in mean job times at that server's own speed."""
+    rejection_penalty: float = 50.0
+    """Response time charged for a rejected job, in mean job times."""
+    utilisation_average_time: float = 5.0
+    """Time constant of the recent-utilisation feature, in mean job times."""
+    memoryless: bool = False
+    """Drop all backlog after every step (only the same-step split matters)."""
+
+    def validate(self) -> "EnvConfig":
+        """Raise ValueError naming the first invalid field, its value and the allowed range."""
+        _check("num_agents", self.num_agents, isinstance(self.num_agents, int) and self.num_agents >= 1, "an integer >= 1")
+        _check("servers_per_agent", self.servers_per_agent, _finite(self.servers_per_agent) and self.servers_per_agent > 0, "a number > 0")
+        _check("num_candidates", self.num_candidates, isinstance(self.num_candidates, int) and self.num_candidates >= 1, "an integer >= 1")
+        _check("candidate_sampling", self.candidate_sampling, self.candidate_sampling in CANDIDATE_SAMPLING, f"one of {CANDIDATE_SAMPLING}")
+        _check("horizon", self.horizon, isinstance(self.horizon, int) and self.horizon >= 1, "an integer >= 1")
+        _check("mean_job_steps", self.mean_job_steps, _finite(self.mean_job_steps) and self.mean_job_steps > 0, "a number > 0")
+        _check("utilisation", self.utilisation, _finite(self.utilisation) and 0 < self.utilisation <= 1.5, "(0, 1.5]")
+        _check("diurnal_amplitude", self.diurnal_amplitude, _finite(self.diurnal_amplitude) and 0 <= self.diurnal_amplitude < 1, "[0, 1)")
+        _check("burst_rate", self.burst_rate, _finite(self.burst_rate) and self.burst_rate >= 0, "a number >= 0")
+        _check("burst_factor", self.burst_factor, _finite(self.burst_factor) and self.burst_factor >= 1, "a number >= 1")
+        _check("burst_duration", self.burst_duration, _finite(self.burst_duration) and self.burst_duration > 0, "a number > 0")
+        _check("large_fraction", self.large_fraction, _finite(self.large_fraction) and 0 <= self.large_fraction <= 1, "[0, 1]")
+        _check("small_sigma", self.small_sigma, _finite(self.small_sigma) and self.small_sigma >= 0, "a number >= 0")
+        _check("large_shape", self.large_shape, _finite(self.large_shape) and self.large_shape > 0, "a number > 0")
+        _check("large_scale", self.large_scale, _finite(self.large_scale) and self.large_scale > 0, "a number > 0")
+        _check("large_clip", self.large_clip, _finite(self.large_clip) and self.large_clip >= 1, "a number >= 1")
+        _check("buffer_time", self.buffer_time, _finite(self.buffer_time) and self.buffer_time > 0, "a number > 0")
+        _check("rejection_penalty", self.rejection_penalty, _finite(self.rejection_penalty) and self.rejection_penalty >= 0, "a number >= 0")
+        _check("utilisation_average_time", self.utilisation_average_time, _finite(self.utilisation_average_time) and self.utilisation_average_time > 0, "a number > 0")
+        peak = self.peak_arrival_probability
+        if peak > 1:
+            raise ValueError(
+                f"peak arrival probability {peak:.3f} > 1: utilisation={self.utilisation}, "
+                f"servers_per_agent={self.servers_per_agent}, mean_job_steps={self.mean_job_steps}, "
+                f"diurnal_amplitude={self.diurnal_amplitude}, burst_factor={self.burst_factor} give more than one "
+                "job per agent per step; raise mean_job_steps or servers_per_agent, or lower the others")
+        return self
+
+    @property
+    def num_servers(self) -> int:
+        return max(1, math.ceil(self.servers_per_agent * self.num_agents - 1e-9))
+
+    @property
+    def mean_arrival_probability(self) -> float:
+        """Per-agent arrival probability p0 (mean over the day, no bursts)."""
+        return self.utilisation * self.num_servers / (self.num_agents * self.mean_job_steps)
+
+    @property
+    def peak_arrival_probability(self) -> float:
+        factor = self.burst_factor if self.burst_rate > 0 else 1.0
+        return self.mean_arrival_probability * (1 + self.diurnal_amplitude) * factor
+
+    @property
+    def num_slots(self) -> int:
+        """Job rows materialised per step: N p + 6 sigma + 4 at the peak rate, at most N."""
+        n, p = self.num_agents, min(1.0, self.peak_arrival_probability)
+        return min(n, math.ceil(n * p + 6 * math.sqrt(n * p * (1 - p)) + 4))
+
+
+@struct.dataclass
+class EnvParams:
+    """Everything `reset` and `step` read. Sizes are static; the rest are leaves."""
+
+    num_agents: int = struct.field(pytree_node=False)
+    num_servers: int = struct.field(pytree_node=False)
+    num_candidates: int = struct.field(pytree_node=False)  # k, at most M
+    num_slots: int = struct.field(pytree_node=False)  # J job rows per step
+    horizon: int = struct.field(pytree_node=False)
+    all_candidates: bool = struct.field(pytree_node=False)  # every job sees all M servers
+    capacity_weighted: bool = struct.field(pytree_node=False)
+    memoryless: bool = struct.field(pytree_node=False)
+    capacity: jax.Array  # (M,) float32, vCPU x speed relative to the fleet mean (mean 1)
+    mean_job_steps: jax.Array  # () float32
+    utilisation: jax.Array  # () float32
+    diurnal_amplitude: jax.Array  # () float32
+    burst_rate: jax.Array  # () float32, bursts per mean job time
+    burst_factor: jax.Array  # () float32
+    burst_duration: jax.Array  # () float32, mean job times
+    large_fraction: jax.Array  # () float32
+    small_sigma: jax.Array  # () float32
+    large_shape: jax.Array  # () float32
+    large_scale: jax.Array  # () float32
+    large_clip: jax.Array  # () float32
+    buffer_time: jax.Array  # () float32, mean job times
+    rejection_penalty: jax.Array  # () float32, mean job times
+    utilisation_average_time: jax.Array  # () float32, mean job times
+
+
+@struct.dataclass
+class Jobs:
+    """The jobs arriving in one step, one row per slot, in agent order."""
+
+    agent: jax.Array  # (J,) int32, owning agent (N for an empty slot)
+    size: jax.Array  # (J,) float32, work (mean 1); 0 for an empty slot
+    candidates: jax.Array  # (J, k) int32, server indices the job may go to
+    valid: jax.Array  # (J,) bool, slot holds a job
+    num_overflow: jax.Array  # () int32, arrivals beyond J, rejected
+
+
+@struct.dataclass
+class EnvState:
+    backlog: jax.Array  # (M,) float32, unfinished work at each server
+    recent_utilisation: jax.Array  # (M,) float32, moving average of each server's busy fraction
+    burst_steps_left: jax.Array  # () int32, steps left in the current burst
+    time: jax.Array  # () int32, step index within the day
+    jobs: Jobs  # the jobs to dispatch at this step
+
+
+def make_params(config: EnvConfig = EnvConfig()) -> EnvParams:
+    """Validate `config` and build the params pytree."""
+    config.validate()
+    m = config.num_servers
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    return EnvParams(
+        num_agents=config.num_agents,
+        num_servers=m,
+        num_candidates=min(config.num_candidates, m),
+        num_slots=config.num_slots,
+        horizon=config.horizon,
+        all_candidates=config.num_candidates >= m,
+        capacity_weighted=config.candidate_sampling == "capacity",
+        memoryless=config.memoryless,
+        capacity=fleet_capacity(m),
+        mean_job_steps=f32(config.mean_job_steps),
+        utilisation=f32(config.utilisation),
+        diurnal_amplitude=f32(config.diurnal_amplitude),
+        burst_rate=f32(config.burst_rate),
+        burst_factor=f32(config.burst_factor),
+        burst_duration=f32(config.burst_duration),
+        large_fraction=f32(config.large_fraction),
+        small_sigma=f32(config.small_sigma),
+        large_shape=f32(config.large_shape),
+        large_scale=f32(config.large_scale),
+        large_clip=f32(config.large_clip),
+        buffer_time=f32(config.buffer_time),
+        rejection_penalty=f32(config.rejection_penalty),
+        utilisation_average_time=f32(config.utilisation_average_time),
+    )
+
+
+def service_rate(params: EnvParams) -> jax.Array:
+    """(M,) work each server completes per step; an average server does 1/mean_job_steps."""
+    return params.capacity / params.mean_job_steps

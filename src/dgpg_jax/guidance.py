@@ -1,0 +1,119 @@
+"""Guidance potentials and the per-agent guidance of DG-PG.
+
+A potential is a pure differentiable function of per-server aggregates that returns one
+term per server; G is the sum of the terms, and ascending G improves the true objective
+where the potential is aligned. Potentials must be elementwise over servers (each term a
+function of that server's own aggregates), so they can be evaluated at any gather of
+servers: that is what makes the exact leave-one-out guidance O(J k + M).
+
+Guidance of job i at candidate b: the change of G when i's job goes to b, the other
+jobs' work this step held fixed. Exact (a difference of two potential terms), or first
+order (w_i dG/dA_b from `jax.grad` of the potential alone, so a user potential needs no
+hand-written derivative).
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from dgpg_jax.analytical import reference_split, water_level
+
+
+@struct.dataclass
+class Aggregates:
+    """Per-server quantities a potential may read; every field has the same shape."""
+
+    backlog: jax.Array  # (M,) work queued at the start of the step (W)
+    arriving_work: jax.Array  # (M,) work sent to the server this step (A)
+    service_rate: jax.Array  # (M,) work per step (mu)
+    reference_work: jax.Array  # (M,) reference split of the expected work rate (x~)
+    level_work: jax.Array  # (M,) water-level allocation of this step's work
+
+
+Potential = Callable[[Aggregates], jax.Array]
+
+
+def area_potential(agg: Aggregates) -> jax.Array:
+    """Fluid delay area of the backlog: -(W + A)^2 / (2 mu). Aligned with mean response
+    time when backlog carries over; its marginal (W + A + w/2) w / mu charges each job for
+    the delay it imposes on later jobs."""
+    return -0.5 * (agg.backlog + agg.arriving_work) ** 2 / agg.service_rate
+
+
+def split_potential(agg: Aggregates) -> jax.Array:
+    """The paper's tracking form: -1/2 (A/mu - x~/mu)^2, x~ the reference split. Aligned
+    only when backlog does not carry over (the `memoryless` setting)."""
+    return -0.5 * ((agg.arriving_work - agg.reference_work) / agg.service_rate) ** 2
+
+
+def level_potential(agg: Aggregates) -> jax.Array:
+    """Tracking of the water level that equalises finish times of this step's work:
+    -1/2 (A - x_level)^2 / mu. An ablation: works at coarse time scales only."""
+    return -0.5 * (agg.arriving_work - agg.level_work) ** 2 / agg.service_rate
+
+
+POTENTIALS: dict[str, Potential] = {"area": area_potential, "split": split_potential, "level": level_potential}
+
+
+def get_potential(potential: str | Potential) -> Potential:
+    """A potential by name (one of POTENTIALS) or a user function, checked before tracing."""
+    if callable(potential):
+        return potential
+    if potential not in POTENTIALS:
+        raise ValueError(f"potential={potential!r} is invalid: allowed one of {tuple(POTENTIALS)} or a callable")
+    return POTENTIALS[potential]
+
+
+def make_aggregates(backlog: jax.Array, arriving_work: jax.Array, service_rate: jax.Array,
+                    expected_rate: jax.Array) -> Aggregates:
+    """Aggregates of one step; `expected_rate` () is the expected arriving work per step."""
+    _, level_work = water_level(backlog, service_rate, arriving_work.sum())
+    return Aggregates(backlog=backlog, arriving_work=arriving_work, service_rate=service_rate,
+                      reference_work=reference_split(service_rate, expected_rate), level_work=level_work)
+
+
+def dispatched_work(server: jax.Array, size: jax.Array, valid: jax.Array, num_servers: int) -> jax.Array:
+    """(M,) work sent to each server this step by the valid jobs."""
+    return jax.ops.segment_sum(jnp.where(valid, size, 0.0), jnp.where(valid, server, num_servers),
+                               num_segments=num_servers + 1)[:num_servers]
+
+
+def guidance_values(potential: Potential, agg: Aggregates, size: jax.Array, candidates: jax.Array,
+                    server: jax.Array, valid: jax.Array, exact: bool = True) -> jax.Array:
+    """(J, k) guidance g_i(b): change of G when job i goes to candidate b.
+
+    Args:
+      potential: elementwise potential (see module docstring).
+      agg: (M,) aggregates, `arriving_work` including every job's chosen server.
+      size: (J,) job work; candidates: (J, k) server indices; server: (J,) chosen server;
+      valid: (J,) bool. Empty slots get 0.
+      exact: leave-one-out difference (True) or first order w_i dG/dA_b (False).
+    """
+    if exact:
+        own = jnp.where(valid[:, None] & (candidates == server[:, None]), size[:, None], 0.0)  # (J, k) own work at b
+        at = jax.tree.map(lambda x: x[candidates], agg)
+        without = at.replace(arriving_work=at.arriving_work - own)
+        with_job = without.replace(arriving_work=without.arriving_work + size[:, None])
+        values = potential(with_job) - potential(without)
+    else:
+        gradient = jax.grad(lambda a: potential(agg.replace(arriving_work=a)).sum())(agg.arriving_work)
+        values = gradient[candidates] * size[:, None]
+    return jnp.where(valid[:, None], values, 0.0)
+
+
+def centred_guidance(values: jax.Array, probs: jax.Array) -> jax.Array:
+    """(J, k) g_i(b) - sum_b' pi(b') g_i(b'): the guidance advantage of each candidate."""
+    return values - (probs * values).sum(axis=-1, keepdims=True)
+
+
+def normalise(x: jax.Array, mask: jax.Array, centre: bool = True, eps: float = 1e-8) -> jax.Array:
+    """Scale the masked entries to unit second moment, after subtracting their mean if
+    `centre` (for an already-centred quantity such as the guidance, `centre=False` keeps
+    its centring); zeros where masked out. The result is zero only where the shifted x
+    is, so alpha x normalise(...) is an exact zero at alpha = 0, never NaN."""
+    count = jnp.maximum(mask.sum(), 1)
+    mean = jnp.where(mask, x, 0.0).sum() / count if centre else 0.0
+    shifted = jnp.where(mask, x - mean, 0.0)
+    return shifted / jnp.sqrt((shifted**2).sum() / count + eps)
