@@ -6,6 +6,24 @@ Both are pure, jittable, vmappable and differentiable in the rate / work; O(M lo
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def check_inputs(**arrays) -> None:
+    """Raise ValueError for an empty fleet, a non-positive service rate, or a negative or
+    NaN rate / backlog / work. Runs on concrete values only: under jit it is a no-op, so
+    call the functions once eagerly (or validate upstream) to get the message."""
+    for name, value in arrays.items():
+        if isinstance(value, jax.core.Tracer):
+            continue
+        x = np.asarray(value, dtype=np.float64)
+        if name == "service_rate":
+            if x.ndim != 1 or x.size == 0:
+                raise ValueError(f"service_rate has shape {x.shape}: allowed a non-empty 1-d array (M,)")
+            if not np.all(np.isfinite(x) & (x > 0)):
+                raise ValueError(f"service_rate={x.tolist()!r} is invalid: allowed finite values > 0")
+        elif not np.all(np.isfinite(x) & (x >= 0)):
+            raise ValueError(f"{name}={x.tolist()!r} is invalid: allowed finite values >= 0")
 
 
 def _leading_true(mask: jax.Array) -> jax.Array:
@@ -30,6 +48,7 @@ def reference_split(service_rate: jax.Array, rate: jax.Array) -> jax.Array:
     Returns:
       (M,) work per step sent to each server.
     """
+    check_inputs(service_rate=service_rate, rate=rate)
     mu = service_rate
     order = jnp.argsort(-mu)
     mu_sorted = mu[order]
@@ -60,6 +79,7 @@ def water_level(backlog: jax.Array, service_rate: jax.Array, work: jax.Array) ->
     Returns:
       level: () finish time in steps; allocation: (M,) work placed at each server.
     """
+    check_inputs(service_rate=service_rate, backlog=backlog, work=work)
     finish = backlog / service_rate
     order = jnp.argsort(finish)
     finish_sorted = finish[order]

@@ -48,7 +48,7 @@ class EnvConfig:
     """Mean job's service time on an average server, in steps (the time scale)."""
     utilisation: float = 0.75
     """Target mean utilisation rho: mean arriving work / total capacity."""
-    diurnal_amplitude: float = 0.5
+    diurnal_amplitude: float = 0.25
     """Relative amplitude of the daily sine of the arrival rate (low at step 0)."""
     burst_rate: float = 0.0
     """Expected bursts per mean job time (0 turns bursts off)."""
