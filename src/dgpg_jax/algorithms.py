@@ -1,0 +1,45 @@
+"""IPPO, MAPPO and DG-PG as settings of one PPO core.
+
+They differ only in the critic's input (local job observation for IPPO, pooled server
+state for MAPPO and DG-PG) and in one advantage term (DG-PG adds alpha times the
+normalised guidance advantage). The choice is static, made in Python at trace time.
+"""
+
+import jax
+import jax.numpy as jnp
+
+ALGORITHMS = ("dgpg", "mappo", "ippo")
+ADVANTAGE_FORMS = ("additive", "convex")
+ALPHA_SCHEDULES = ("linear", "constant")
+
+
+def uses_central_critic(algo: str) -> bool:
+    return algo != "ippo"
+
+
+def uses_guidance(algo: str) -> bool:
+    return algo == "dgpg"
+
+
+def alpha_at(episode: jax.Array, num_episodes: int, alpha_start: jax.Array, alpha_end: jax.Array,
+             schedule: str) -> jax.Array:
+    """Guidance weight at `episode`: linear from alpha_start (first episode) to alpha_end
+    (last), or alpha_start throughout."""
+    if schedule == "constant":
+        return jnp.asarray(alpha_start, jnp.float32)
+    fraction = jnp.minimum(episode / max(num_episodes - 1, 1), 1.0)
+    return alpha_start + (alpha_end - alpha_start) * fraction
+
+
+def policy_weight(alpha: jax.Array, form: str) -> jax.Array:
+    """Weight of the return advantage: 1 (additive) or 1 - alpha (convex)."""
+    return jnp.ones_like(alpha) if form == "additive" else 1.0 - alpha
+
+
+def combine_advantages(return_advantage: jax.Array, guidance_advantage: jax.Array, alpha: jax.Array,
+                       form: str) -> jax.Array:
+    """DG-PG's advantage, both inputs already normalised: A + alpha A_g (additive) or
+    (1 - alpha) A + alpha A_g (convex). alpha = 0 returns `return_advantage` itself,
+    bit for bit, whatever the guidance holds."""
+    combined = policy_weight(alpha, form) * return_advantage + alpha * guidance_advantage
+    return jnp.where(alpha == 0, return_advantage, combined)

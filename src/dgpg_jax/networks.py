@@ -1,0 +1,64 @@
+"""Actor and critics whose weights do not depend on N, M or k.
+
+The actor scores every candidate of a job with one shared MLP (permutation-equivariant
+over candidates), so weights trained at one N run at any other. The centralised critic
+(MAPPO, DG-PG) embeds each server, mean-pools over servers and adds the global features;
+the local critic (IPPO) embeds the candidates of one job and mean-pools over them.
+"""
+
+from typing import Sequence
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+    """Tanh MLP acting on the last axis."""
+
+    hidden: Sequence[int]
+    out: int
+
+    @nn.compact
+    def __call__(self, x):
+        for width in self.hidden:
+            x = nn.tanh(nn.Dense(width, kernel_init=nn.initializers.orthogonal(jnp.sqrt(2.0)))(x))
+        return nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(0.01))(x)
+
+
+class Actor(nn.Module):
+    """(..., k, F) candidate features -> (..., k) logits."""
+
+    hidden: Sequence[int] = (64, 64)
+
+    @nn.compact
+    def __call__(self, obs):
+        return MLP(self.hidden, 1)(obs)[..., 0]
+
+
+class CentralCritic(nn.Module):
+    """(M, Fs) server features and (Fg,) global features -> () normalised value."""
+
+    hidden: Sequence[int] = (64, 64)
+
+    @nn.compact
+    def __call__(self, server_features, global_features):
+        embedding = MLP(self.hidden[:1], self.hidden[0])(server_features).mean(axis=-2)
+        return MLP(self.hidden, 1)(jnp.concatenate([embedding, global_features], axis=-1))[..., 0]
+
+
+class LocalCritic(nn.Module):
+    """(J, k, F) one job's candidate features -> (J,) normalised value per job."""
+
+    hidden: Sequence[int] = (64, 64)
+
+    @nn.compact
+    def __call__(self, obs):
+        embedding = MLP(self.hidden[:1], self.hidden[0])(obs).mean(axis=-2)
+        return MLP(self.hidden, 1)(embedding)[..., 0]
+
+
+def policy_distribution(logits: jax.Array) -> distrax.Categorical:
+    """The categorical policy over a job's candidates (the one place distrax is used)."""
+    return distrax.Categorical(logits=logits)

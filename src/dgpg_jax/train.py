@@ -1,0 +1,389 @@
+"""`make_train(config) -> train(key)`: a whole IPPO / MAPPO / DG-PG run as one jitted program.
+
+An episode is one day (T steps from empty queues) and holds `updates_per_episode` PPO
+updates, each on a rollout chunk of T / updates_per_episode steps (the env state is
+carried across chunks). The run is a `lax.scan` over episodes; seeds are a `vmap` over
+keys; alpha, learning rate and utilisation are traced `Hyper` values, so a grid over
+them is a second `vmap`. Episode e of a run draws its traces from the same key as
+`evaluate.episode_key(run_key, e)`, so the ratio to Best-Fit is on the same traces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from dgpg_jax import algorithms, baselines, evaluate, guidance, ppo
+from dgpg_jax.env import (EnvConfig, EnvParams, expected_work_rate, job_observation, make_params, reset,
+                          server_observation, service_rate, step)
+from dgpg_jax.networks import Actor, CentralCritic, LocalCritic, policy_distribution
+
+GUIDANCE_MODES = ("sampled", "exact")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training run. Defaults: DESIGN section 4 (what worked in the prototype)."""
+
+    algo: str = "dgpg"
+    """One of dgpg, mappo, ippo."""
+    env: EnvConfig = EnvConfig()
+    num_episodes: int = 20
+    updates_per_episode: int = 4
+    """PPO updates per episode; must divide the horizon."""
+    num_epochs: int = 4
+    num_minibatches: int = 2
+    """Minibatches per epoch, over time steps; must divide the chunk length."""
+    learning_rate: float = 3e-3
+    max_grad_norm: float = 0.5
+    clip: float = 0.5
+    gamma: float = 0.95
+    gae_lambda: float = 0.95
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    alpha_start: float = 0.9
+    alpha_end: float = 0.2
+    alpha_schedule: str = "linear"
+    """linear (alpha_start -> alpha_end over the run) or constant (alpha_start)."""
+    advantage_form: str = "additive"
+    """additive: A + alpha A_g; convex: (1 - alpha) A + alpha A_g."""
+    potential: str | Callable = "area"
+    """A name in guidance.POTENTIALS or an elementwise potential function."""
+    guidance: str = "sampled"
+    """sampled: A_g at the taken action; exact: expectation over all candidates."""
+    first_order: bool = False
+    """Guidance from w dG/dA (jax.grad) instead of the exact leave-one-out difference."""
+    hidden: tuple[int, ...] = (64, 64)
+
+    @property
+    def chunk_steps(self) -> int:
+        return self.env.horizon // self.updates_per_episode
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first invalid setting (before anything is traced)."""
+        self.env.validate()
+
+        def check(name, value, ok, allowed):
+            if not ok:
+                raise ValueError(f"{name}={value!r} is invalid: allowed {allowed}")
+
+        check("algo", self.algo, self.algo in algorithms.ALGORITHMS, f"one of {algorithms.ALGORITHMS}")
+        check("num_episodes", self.num_episodes, isinstance(self.num_episodes, int) and self.num_episodes >= 1, "an integer >= 1")
+        check("updates_per_episode", self.updates_per_episode,
+              isinstance(self.updates_per_episode, int) and self.updates_per_episode >= 1
+              and self.env.horizon % self.updates_per_episode == 0, f"a divisor of the horizon {self.env.horizon}")
+        check("num_epochs", self.num_epochs, isinstance(self.num_epochs, int) and self.num_epochs >= 1, "an integer >= 1")
+        check("num_minibatches", self.num_minibatches,
+              isinstance(self.num_minibatches, int) and self.num_minibatches >= 1 and self.chunk_steps % self.num_minibatches == 0,
+              f"a divisor of the chunk length {self.chunk_steps} (horizon / updates_per_episode)")
+        for name in ("learning_rate", "max_grad_norm", "clip"):
+            value = getattr(self, name)
+            check(name, value, isinstance(value, (int, float)) and 0 < value < float("inf"), "a finite number > 0")
+        for name in ("gamma", "gae_lambda"):
+            value = getattr(self, name)
+            check(name, value, isinstance(value, (int, float)) and 0 <= value <= 1, "[0, 1]")
+        for name in ("entropy_coef", "value_coef"):
+            value = getattr(self, name)
+            check(name, value, isinstance(value, (int, float)) and 0 <= value < float("inf"), "a finite number >= 0")
+        for name in ("alpha_start", "alpha_end"):
+            value = getattr(self, name)
+            check(name, value, isinstance(value, (int, float)) and 0 <= value <= 1, "[0, 1]")
+        check("alpha_schedule", self.alpha_schedule, self.alpha_schedule in algorithms.ALPHA_SCHEDULES, f"one of {algorithms.ALPHA_SCHEDULES}")
+        check("advantage_form", self.advantage_form, self.advantage_form in algorithms.ADVANTAGE_FORMS, f"one of {algorithms.ADVANTAGE_FORMS}")
+        check("guidance", self.guidance, self.guidance in GUIDANCE_MODES, f"one of {GUIDANCE_MODES}")
+        check("hidden", self.hidden, len(self.hidden) >= 1 and all(isinstance(h, int) and h >= 1 for h in self.hidden), "positive integers")
+        guidance.get_potential(self.potential)
+        return self
+
+
+class Hyper(NamedTuple):
+    """Traced values of a run: a grid over them is a vmap."""
+
+    alpha_start: jax.Array
+    alpha_end: jax.Array
+    learning_rate: jax.Array
+    utilisation: jax.Array
+
+
+def default_hyper(config: TrainConfig) -> Hyper:
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    return Hyper(f32(config.alpha_start), f32(config.alpha_end), f32(config.learning_rate), f32(config.env.utilisation))
+
+
+class RunnerState(NamedTuple):
+    """What a run carries from episode to episode (and what a checkpoint holds)."""
+
+    params: dict  # {"actor": ..., "critic": ...}
+    opt_state: optax.OptState
+    value_norm: ppo.RunningNorm
+    episode: jax.Array  # () int32, episodes done
+
+
+class Transition(NamedTuple):
+    """One rollout step, what the update needs."""
+
+    obs: jax.Array  # (J, k, F)
+    valid: jax.Array  # (J,) bool
+    action: jax.Array  # (J,) int32 candidate index
+    log_prob: jax.Array  # (J,)
+    guidance_advantage: jax.Array  # (J, k) centred with the rollout policy; zeros without guidance
+    server_features: jax.Array  # (M, Fs)
+    global_features: jax.Array  # (Fg,)
+    value: jax.Array  # () step value (raw units)
+    job_value: jax.Array  # (J,) per-job value (raw units; the step value broadcast for a central critic)
+    reward: jax.Array  # ()
+    truncated: jax.Array  # () bool
+
+
+class EpisodeLog(NamedTuple):
+    """Per-episode training metrics (one scalar each)."""
+
+    episode_return: jax.Array
+    mean_response_time: jax.Array
+    mean_response_time_in_jobs: jax.Array
+    p95_response_time: jax.Array
+    p99_response_time: jax.Array
+    rejection_rate: jax.Array
+    best_fit_mean_response_time: jax.Array
+    ratio_to_best_fit: jax.Array
+    entropy: jax.Array
+    policy_loss: jax.Array
+    value_loss: jax.Array
+    alpha: jax.Array
+    guidance_norm: jax.Array
+
+
+class Learner(NamedTuple):
+    """Static pieces of a run, built once on the host."""
+
+    config: TrainConfig
+    env_params: EnvParams
+    actor: Actor
+    critic: CentralCritic | LocalCritic
+    potential: guidance.Potential
+
+
+def make_learner(config: TrainConfig) -> Learner:
+    config.validate()
+    critic = CentralCritic(config.hidden) if algorithms.uses_central_critic(config.algo) else LocalCritic(config.hidden)
+    return Learner(config, make_params(config.env), Actor(config.hidden), critic, guidance.get_potential(config.potential))
+
+
+def make_optimizer(config: TrainConfig, learning_rate: jax.Array) -> optax.GradientTransformation:
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
+
+
+def _env_params(learner: Learner, hyper: Hyper) -> EnvParams:
+    return learner.env_params.replace(utilisation=hyper.utilisation)
+
+
+def init_runner(learner: Learner, run_key: jax.Array, hyper: Hyper) -> RunnerState:
+    """Fresh networks, optimiser and value normaliser for one run key."""
+    params_env = _env_params(learner, hyper)
+    init_key = jax.random.split(run_key)[0]
+    actor_key, critic_key = jax.random.split(init_key)
+    obs, state = reset(jax.random.key(0), params_env)
+    if algorithms.uses_central_critic(learner.config.algo):
+        critic_params = learner.critic.init(critic_key, *server_observation(state, params_env))
+    else:
+        critic_params = learner.critic.init(critic_key, obs)
+    params = {"actor": learner.actor.init(actor_key, obs), "critic": critic_params}
+    opt_state = make_optimizer(learner.config, hyper.learning_rate).init(params)
+    return RunnerState(params, opt_state, ppo.running_norm_init(), jnp.zeros((), jnp.int32))
+
+
+def _values(learner: Learner, params: dict, norm: ppo.RunningNorm, obs, server_features, global_features, valid):
+    """Step value () and per-job values (J,), raw units."""
+    if algorithms.uses_central_critic(learner.config.algo):
+        value = ppo.unstandardise(norm, learner.critic.apply(params["critic"], server_features, global_features))
+        return value, jnp.broadcast_to(value, valid.shape)
+    job_value = ppo.unstandardise(norm, learner.critic.apply(params["critic"], obs))
+    value = jnp.where(valid.any(), ppo.masked_mean(job_value, valid), job_value.mean())
+    return value, job_value
+
+
+def _rollout_step(learner: Learner, runner: RunnerState, env_params: EnvParams, carry, keys):
+    """Act, compute guidance, step the environment; returns the new carry and a transition."""
+    env_state, obs = carry
+    env_key, policy_key = keys
+    jobs = env_state.jobs
+    logits = learner.actor.apply(runner.params["actor"], obs)
+    dist = policy_distribution(logits)
+    action = dist.sample(seed=policy_key).astype(jnp.int32)
+    server = jnp.take_along_axis(jobs.candidates, action[:, None], axis=1)[:, 0]
+    server_features, global_features = server_observation(env_state, env_params)
+    value, job_value = _values(learner, runner.params, runner.value_norm, obs, server_features, global_features,
+                               jobs.valid)
+    if algorithms.uses_guidance(learner.config.algo):
+        mu = service_rate(env_params)
+        agg = guidance.make_aggregates(
+            env_state.backlog, guidance.dispatched_work(server, jobs.size, jobs.valid, env_params.num_servers), mu,
+            expected_work_rate(env_params, env_state.time, env_state.burst_steps_left > 0))
+        values = guidance.guidance_values(learner.potential, agg, jobs.size, jobs.candidates, server, jobs.valid,
+                                          exact=not learner.config.first_order)
+        guidance_advantage = guidance.centred_guidance(values, jax.nn.softmax(logits, axis=-1))
+    else:
+        guidance_advantage = jnp.zeros_like(logits)
+    next_obs, next_state, reward, done, info = step(env_key, env_state, server, env_params)
+    transition = Transition(obs, jobs.valid, action, dist.log_prob(action), guidance_advantage, server_features,
+                            global_features, value, job_value, reward, info["truncated"])
+    return (next_state, next_obs), (transition, evaluate.make_record(env_state, reward, info))
+
+
+def _loss(learner: Learner, params: dict, batch: Transition, advantage, guidance_scaled, targets_std, alpha):
+    """PPO loss of a minibatch (time-major leaves); returns (loss, (policy loss, value loss, entropy))."""
+    config = learner.config
+    logits = learner.actor.apply(params["actor"], batch.obs)
+    dist = policy_distribution(logits)
+    log_prob = dist.log_prob(batch.action)
+    policy_loss = ppo.clipped_surrogate(log_prob, batch.log_prob, advantage, batch.valid, config.clip)
+    if algorithms.uses_guidance(config.algo) and config.guidance == "exact":
+        expected_guidance = (jax.nn.softmax(logits, axis=-1) * guidance_scaled).sum(-1)
+        policy_loss = policy_loss - alpha * ppo.masked_mean(expected_guidance, batch.valid)
+    entropy = ppo.masked_mean(dist.entropy(), batch.valid)
+    if algorithms.uses_central_critic(config.algo):
+        prediction = jax.vmap(learner.critic.apply, in_axes=(None, 0, 0))(params["critic"], batch.server_features,
+                                                                          batch.global_features)
+        value_loss = jnp.mean((prediction - targets_std) ** 2)
+    else:
+        prediction = learner.critic.apply(params["critic"], batch.obs)
+        value_loss = ppo.masked_mean((prediction - targets_std[:, None]) ** 2, batch.valid)
+    return policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy, (policy_loss, value_loss, entropy)
+
+
+def _advantages(learner: Learner, traj: Transition, bootstrap: jax.Array, alpha: jax.Array):
+    """Per-job advantages (L, J), guidance scaled to unit RMS (L, J, k) for the exact
+    variant, value targets (L,), and the guidance RMS before scaling."""
+    config = learner.config
+    next_values = jnp.concatenate([traj.value[1:], bootstrap[None]])
+    # The horizon ends the day and the day's return is the objective: no bootstrap across it.
+    next_values = jnp.where(traj.truncated, 0.0, next_values)
+    _, targets = ppo.gae(traj.reward, traj.value, next_values, traj.truncated, config.gamma, config.gae_lambda)
+    return_advantage = guidance.normalise(targets[:, None] - traj.job_value, traj.valid)
+    if not algorithms.uses_guidance(config.algo):
+        return return_advantage, jnp.zeros_like(traj.guidance_advantage), targets, jnp.zeros(())
+    taken = jnp.take_along_axis(traj.guidance_advantage, traj.action[..., None], axis=-1)[..., 0]
+    rms = jnp.sqrt(ppo.masked_mean(taken**2, traj.valid))
+    scaled = traj.guidance_advantage / jnp.sqrt(rms**2 + 1e-8)
+    if config.guidance == "exact":  # the guidance enters the loss as an expectation instead
+        weighted = algorithms.policy_weight(alpha, config.advantage_form) * return_advantage
+        advantage = jnp.where(alpha == 0, return_advantage, weighted)
+    else:
+        scaled_taken = jnp.take_along_axis(scaled, traj.action[..., None], axis=-1)[..., 0]
+        advantage = algorithms.combine_advantages(return_advantage, scaled_taken, alpha, config.advantage_form)
+    return advantage, scaled, targets, rms
+
+
+def _update(learner: Learner, runner: RunnerState, traj: Transition, bootstrap: jax.Array, alpha: jax.Array,
+            learning_rate: jax.Array, key: jax.Array):
+    """Epochs x minibatches (over time steps) of PPO on one rollout chunk."""
+    config = learner.config
+    advantage, guidance_scaled, targets, guidance_rms = _advantages(learner, traj, bootstrap, alpha)
+    value_norm = ppo.running_norm_update(runner.value_norm, targets, jnp.ones_like(targets, bool))
+    targets_std = ppo.standardise(value_norm, targets)
+    optimizer = make_optimizer(config, learning_rate)
+    data = (traj, advantage, guidance_scaled, targets_std)
+    steps = targets.shape[0]
+    minibatch = steps // config.num_minibatches
+
+    def minibatch_step(carry, batch):
+        params, opt_state = carry
+        grads, aux = jax.grad(lambda p: _loss(learner, p, *batch, alpha), has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), aux
+
+    def epoch(carry, epoch_key):
+        order = jax.random.permutation(epoch_key, steps)
+        shuffled = jax.tree.map(lambda x: x[order].reshape((config.num_minibatches, minibatch) + x.shape[1:]), data)
+        return jax.lax.scan(minibatch_step, carry, shuffled)
+
+    (params, opt_state), (policy_loss, value_loss, entropy) = jax.lax.scan(
+        epoch, (runner.params, runner.opt_state), jax.random.split(key, config.num_epochs))
+    runner = runner._replace(params=params, opt_state=opt_state, value_norm=value_norm)
+    return runner, (policy_loss.mean(), value_loss.mean(), entropy.mean(), guidance_rms)
+
+
+def _run_chunk(learner: Learner, hyper: Hyper, alpha: jax.Array, carry, chunk):
+    """Roll out one chunk of the episode and update on it."""
+    runner, env_state, obs = carry
+    env_keys, policy_keys, update_key = chunk
+    env_params = _env_params(learner, hyper)
+    (env_state, obs), (traj, records) = jax.lax.scan(
+        lambda c, k: _rollout_step(learner, runner, env_params, c, k), (env_state, obs), (env_keys, policy_keys))
+    server_features, global_features = server_observation(env_state, env_params)
+    bootstrap, _ = _values(learner, runner.params, runner.value_norm, obs, server_features, global_features,
+                           env_state.jobs.valid)
+    runner, losses = _update(learner, runner, traj, bootstrap, alpha, hyper.learning_rate, update_key)
+    return (runner, env_state, obs), (records, losses)
+
+
+def _run_episode(learner: Learner, run_key: jax.Array, hyper: Hyper, runner: RunnerState):
+    """One day: `updates_per_episode` chunks of rollout + update. Returns (runner, log)."""
+    config, horizon = learner.config, learner.env_params.horizon
+    key = evaluate.episode_key(_episodes_key(run_key), runner.episode)
+    reset_key, step_keys = evaluate.env_keys(key, horizon)
+    act_keys = evaluate.policy_keys(key, horizon)
+    update_keys = jax.random.split(jax.random.fold_in(key, 2), config.updates_per_episode)
+    chunks = (step_keys.reshape(config.updates_per_episode, -1), act_keys.reshape(config.updates_per_episode, -1),
+              update_keys)
+    alpha = algorithms.alpha_at(runner.episode, config.num_episodes, hyper.alpha_start, hyper.alpha_end,
+                                config.alpha_schedule)
+    alpha = alpha if algorithms.uses_guidance(config.algo) else jnp.zeros_like(alpha)
+    obs, env_state = reset(reset_key, _env_params(learner, hyper))
+    (runner, _, _), (records, losses) = jax.lax.scan(
+        lambda c, x: _run_chunk(learner, hyper, alpha, c, x), (runner, env_state, obs), chunks)
+    records = jax.tree.map(lambda x: x.reshape((horizon,) + x.shape[2:]), records)
+    metrics = evaluate.summarise(records, _env_params(learner, hyper))
+    policy_loss, value_loss, entropy, guidance_rms = (x.mean() for x in losses)
+    log = EpisodeLog(
+        episode_return=metrics.episode_return, mean_response_time=metrics.mean_response_time,
+        mean_response_time_in_jobs=metrics.mean_response_time_in_jobs, p95_response_time=metrics.p95_response_time,
+        p99_response_time=metrics.p99_response_time, rejection_rate=metrics.rejection_rate,
+        best_fit_mean_response_time=jnp.zeros(()), ratio_to_best_fit=jnp.zeros(()), entropy=entropy,
+        policy_loss=policy_loss, value_loss=value_loss, alpha=alpha, guidance_norm=guidance_rms)
+    return runner._replace(episode=runner.episode + 1), log
+
+
+def _episodes_key(run_key: jax.Array) -> jax.Array:
+    """Key whose fold_in(e) is episode e's key (the other half of the split seeds the networks)."""
+    return jax.random.split(run_key)[1]
+
+
+def best_fit_reference(learner: Learner, run_key: jax.Array, hyper: Hyper, first_episode: jax.Array,
+                       num_episodes: int) -> jax.Array:
+    """(E,) Best-Fit mean response time on the traces of episodes first..first+E-1 of a run."""
+    env_params = _env_params(learner, hyper)
+    keys = jax.vmap(lambda e: evaluate.episode_key(_episodes_key(run_key), e))(first_episode + jnp.arange(num_episodes))
+    return jax.vmap(lambda k: evaluate.run_episode(baselines.BASELINES["best_fit"], env_params, k))(keys).mean_response_time
+
+
+def train_episodes(learner: Learner, runner: RunnerState, run_key: jax.Array, hyper: Hyper,
+                   num_episodes: int) -> tuple[RunnerState, EpisodeLog]:
+    """Continue a run by `num_episodes` episodes; logs have a leading [num_episodes] axis.
+    Chunked calls give the same result as one call over all episodes."""
+    reference = best_fit_reference(learner, run_key, hyper, runner.episode, num_episodes)
+    runner, logs = jax.lax.scan(lambda r, _: _run_episode(learner, run_key, hyper, r), runner, None,
+                                length=num_episodes)
+    chex.assert_shape(logs.mean_response_time, (num_episodes,))
+    return runner, logs._replace(best_fit_mean_response_time=reference,
+                                 ratio_to_best_fit=logs.mean_response_time / reference)
+
+
+def make_train(config: TrainConfig) -> Callable[..., tuple[RunnerState, EpisodeLog]]:
+    """Validate `config` and return a pure `train(key, hyper=None) -> (runner, logs [E])`.
+
+    Jit it and vmap it over keys for seeds (and over `Hyper` for grids)."""
+    learner = make_learner(config)
+
+    def train(key: jax.Array, hyper: Hyper | None = None):
+        hyper = default_hyper(config) if hyper is None else hyper
+        runner = init_runner(learner, key, hyper)
+        return train_episodes(learner, runner, key, hyper, config.num_episodes)
+
+    return train
