@@ -21,13 +21,13 @@ def uses_guidance(algo: str) -> bool:
     return algo == "dgpg"
 
 
-def alpha_at(episode: jax.Array, num_episodes: int, alpha_start: jax.Array, alpha_end: jax.Array,
+def alpha_at(episode: jax.Array, decay_episodes: int, alpha_start: jax.Array, alpha_end: jax.Array,
              schedule: str) -> jax.Array:
-    """Guidance weight at `episode`: linear from alpha_start (first episode) to alpha_end
-    (last), or alpha_start throughout."""
+    """Guidance weight at `episode` (0-based): linear from alpha_start at episode 0 to
+    alpha_end at episode decay_episodes - 1 and after, or alpha_start throughout."""
     if schedule == "constant":
         return jnp.asarray(alpha_start, jnp.float32)
-    fraction = jnp.minimum(episode / max(num_episodes - 1, 1), 1.0)
+    fraction = jnp.minimum(episode / max(decay_episodes - 1, 1), 1.0)
     return alpha_start + (alpha_end - alpha_start) * fraction
 
 

@@ -9,6 +9,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from dgpg_jax.env.core import reset, step
@@ -106,10 +107,36 @@ def episode_key(run_key: jax.Array, episode: jax.Array) -> jax.Array:
     return jax.random.fold_in(run_key, episode)
 
 
-def evaluate(act: Act, params: EnvParams, run_keys: jax.Array, num_episodes: int) -> EpisodeMetrics:
-    """Metrics of shape [S, E] for `act` on episodes 0..E-1 of each run key (S,)."""
+def evaluate(act: Act, params: EnvParams, run_keys: jax.Array, num_episodes: int,
+             first_episode: int = 0) -> EpisodeMetrics:
+    """Metrics of shape [S, E] for `act` on episodes first..first+E-1 of each run key (S,)."""
 
     def one_run(run_key):
-        return jax.lax.map(lambda e: run_episode(act, params, episode_key(run_key, e)), jnp.arange(num_episodes))
+        episodes = first_episode + jnp.arange(num_episodes)
+        return jax.lax.map(lambda e: run_episode(act, params, episode_key(run_key, e)), episodes)
 
     return jax.vmap(one_run)(run_keys)
+
+
+def episodes_to_converge(ratio: np.ndarray, window: int = 3, tolerance: float = 0.05) -> np.ndarray:
+    """Episodes a run needs to converge, per run: the first episode (1-based) after which the
+    `window`-episode moving average of the ratio to Best-Fit (on the same traces) stays
+    within `tolerance` (relative) of its final value. The raw response time is too noisy
+    under heavy-tailed sizes, hence the ratio and the average. A run that never settles
+    returns its length; shorter windows are used for the first episodes.
+
+    Args:
+      ratio: [..., E] ratio to Best-Fit per episode.
+    Returns:
+      [...] int, in 1..E.
+    """
+    ratio = np.asarray(ratio, dtype=np.float64)
+    cumulative = np.cumsum(ratio, axis=-1)
+    shifted = np.concatenate([np.zeros_like(cumulative[..., :window]), cumulative[..., :-window]], axis=-1)
+    counts = np.minimum(np.arange(1, ratio.shape[-1] + 1), window)
+    moving = (cumulative - shifted[..., : ratio.shape[-1]]) / counts
+    final = moving[..., -1:]
+    outside = np.abs(moving - final) > tolerance * np.abs(final)
+    # last episode (0-based) whose average is outside the band; the run has converged from the next one
+    last_outside = np.where(outside.any(axis=-1), ratio.shape[-1] - 1 - np.argmax(outside[..., ::-1], axis=-1), -1)
+    return last_outside + 2  # the final episode is always inside, so this is at most E

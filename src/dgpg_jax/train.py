@@ -49,7 +49,10 @@ class TrainConfig:
     alpha_start: float = 0.9
     alpha_end: float = 0.2
     alpha_schedule: str = "linear"
-    """linear (alpha_start -> alpha_end over the run) or constant (alpha_start)."""
+    """linear (alpha_start -> alpha_end over `alpha_decay_episodes`, then alpha_end) or
+    constant (alpha_start)."""
+    alpha_decay_episodes: int = 20
+    """Length of the linear decay; independent of num_episodes so a resumed run is exact."""
     advantage_form: str = "additive"
     """additive: A + alpha A_g; convex: (1 - alpha) A + alpha A_g."""
     potential: str | Callable = "area"
@@ -93,6 +96,8 @@ class TrainConfig:
         for name in ("alpha_start", "alpha_end"):
             value = getattr(self, name)
             check(name, value, isinstance(value, (int, float)) and 0 <= value <= 1, "[0, 1]")
+        check("alpha_decay_episodes", self.alpha_decay_episodes,
+              isinstance(self.alpha_decay_episodes, int) and self.alpha_decay_episodes >= 1, "an integer >= 1")
         check("alpha_schedule", self.alpha_schedule, self.alpha_schedule in algorithms.ALPHA_SCHEDULES, f"one of {algorithms.ALPHA_SCHEDULES}")
         check("advantage_form", self.advantage_form, self.advantage_form in algorithms.ADVANTAGE_FORMS, f"one of {algorithms.ADVANTAGE_FORMS}")
         check("guidance", self.guidance, self.guidance in GUIDANCE_MODES, f"one of {GUIDANCE_MODES}")
@@ -208,15 +213,30 @@ def _values(learner: Learner, params: dict, norm: ppo.RunningNorm, obs, server_f
     return value, job_value
 
 
+def _sample(actor: Actor, actor_params, obs: jax.Array, candidates: jax.Array, key: jax.Array):
+    """Sample a candidate per job: (logits (J, k), candidate index (J,), server (J,))."""
+    logits = actor.apply(actor_params, obs)
+    action = policy_distribution(logits).sample(seed=key).astype(jnp.int32)
+    return logits, action, jnp.take_along_axis(candidates, action[:, None], axis=1)[:, 0]
+
+
+def learned_policy(actor: Actor, actor_params) -> baselines.Policy:
+    """A trained actor as a policy of the baselines' signature (sampling, as trained); it
+    runs at any N, M and k."""
+
+    def act(key, state, params):
+        return _sample(actor, actor_params, job_observation(state, params), state.jobs.candidates, key)[2]
+
+    return act
+
+
 def _rollout_step(learner: Learner, runner: RunnerState, env_params: EnvParams, carry, keys):
     """Act, compute guidance, step the environment; returns the new carry and a transition."""
     env_state, obs = carry
     env_key, policy_key = keys
     jobs = env_state.jobs
-    logits = learner.actor.apply(runner.params["actor"], obs)
+    logits, action, server = _sample(learner.actor, runner.params["actor"], obs, jobs.candidates, policy_key)
     dist = policy_distribution(logits)
-    action = dist.sample(seed=policy_key).astype(jnp.int32)
-    server = jnp.take_along_axis(jobs.candidates, action[:, None], axis=1)[:, 0]
     server_features, global_features = server_observation(env_state, env_params)
     value, job_value = _values(learner, runner.params, runner.value_norm, obs, server_features, global_features,
                                jobs.valid)
@@ -326,13 +346,13 @@ def _run_chunk(learner: Learner, hyper: Hyper, alpha: jax.Array, carry, chunk):
 def _run_episode(learner: Learner, run_key: jax.Array, hyper: Hyper, runner: RunnerState):
     """One day: `updates_per_episode` chunks of rollout + update. Returns (runner, log)."""
     config, horizon = learner.config, learner.env_params.horizon
-    key = evaluate.episode_key(_episodes_key(run_key), runner.episode)
+    key = evaluate.episode_key(episodes_key(run_key), runner.episode)
     reset_key, step_keys = evaluate.env_keys(key, horizon)
     act_keys = evaluate.policy_keys(key, horizon)
     update_keys = jax.random.split(jax.random.fold_in(key, 2), config.updates_per_episode)
     chunks = (step_keys.reshape(config.updates_per_episode, -1), act_keys.reshape(config.updates_per_episode, -1),
               update_keys)
-    alpha = algorithms.alpha_at(runner.episode, config.num_episodes, hyper.alpha_start, hyper.alpha_end,
+    alpha = algorithms.alpha_at(runner.episode, config.alpha_decay_episodes, hyper.alpha_start, hyper.alpha_end,
                                 config.alpha_schedule)
     alpha = alpha if algorithms.uses_guidance(config.algo) else jnp.zeros_like(alpha)
     obs, env_state = reset(reset_key, _env_params(learner, hyper))
@@ -350,8 +370,10 @@ def _run_episode(learner: Learner, run_key: jax.Array, hyper: Hyper, runner: Run
     return runner._replace(episode=runner.episode + 1), log
 
 
-def _episodes_key(run_key: jax.Array) -> jax.Array:
-    """Key whose fold_in(e) is episode e's key (the other half of the split seeds the networks)."""
+def episodes_key(run_key: jax.Array) -> jax.Array:
+    """Key whose `evaluate.episode_key(., e)` is episode e's key in a run of `run_key` (the
+    other half of the split seeds the networks). Evaluate a policy with
+    `evaluate.evaluate(act, params, episodes_key(run_key), ...)` to see the run's traces."""
     return jax.random.split(run_key)[1]
 
 
@@ -359,7 +381,7 @@ def best_fit_reference(learner: Learner, run_key: jax.Array, hyper: Hyper, first
                        num_episodes: int) -> jax.Array:
     """(E,) Best-Fit mean response time on the traces of episodes first..first+E-1 of a run."""
     env_params = _env_params(learner, hyper)
-    keys = jax.vmap(lambda e: evaluate.episode_key(_episodes_key(run_key), e))(first_episode + jnp.arange(num_episodes))
+    keys = jax.vmap(lambda e: evaluate.episode_key(episodes_key(run_key), e))(first_episode + jnp.arange(num_episodes))
     return jax.vmap(lambda k: evaluate.run_episode(baselines.BASELINES["best_fit"], env_params, k))(keys).mean_response_time
 
 

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny hand-built fleet (2 agents, 3 servers) and hypothesis profiles.
+
+The tiny fleet (`tiny_params`), with the numbers the hand-worked tests use:
+
+    num_agents N = 2, servers_per_agent 1.5  ->  M = ceil(1.5 * 2) = 3 servers
+    num_candidates 3 >= M                    ->  every job sees all 3 servers (k = 3)
+    num_slots J = min(N, ...) = 2            ->  one row per agent
+    mean_job_steps 2                         ->  time unit: 2 steps per mean job
+    capacity (hand-set)        = [0.5,  1.0,  1.5 ]   (mean 1, sum 3)
+    service rate mu = cap / 2  = [0.25, 0.5,  0.75]   work per step
+    buffer_time 2 -> buffer work = 2 * mu * 2 = [1.0, 2.0, 3.0]
+    rejection_penalty 5 -> penalty = 5 * 2 = 10 steps
+    reward = -(sum of response times in steps) / 2 (mean_job_steps) / 2 (N)
+
+All the values above are dyadic, so float32 holds them exactly and the hand-worked
+results are exact.
+
+Hypothesis: `fast` (default) runs few, derandomised examples so the suite stays quick;
+`HYPOTHESIS_PROFILE=thorough` runs many more (tests that want more than the profile's
+count scale it with `settings.default.max_examples`).
+"""
+
+import os
+
+import jax.numpy as jnp
+import pytest
+from hypothesis import HealthCheck, settings
+
+from dgpg_jax import env
+
+settings.register_profile("fast", max_examples=8, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", max_examples=100, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+TINY_CONFIG = env.EnvConfig(num_agents=2, servers_per_agent=1.5, num_candidates=3, mean_job_steps=2.0,
+                            buffer_time=2.0, rejection_penalty=5.0)
+TINY_CAPACITY = (0.5, 1.0, 1.5)
+
+
+def make_tiny_params(**overrides) -> env.EnvParams:
+    """The tiny fleet of the table above; `overrides` change EnvConfig fields."""
+    config = TINY_CONFIG if not overrides else env.EnvConfig(**{**TINY_CONFIG.__dict__, **overrides})
+    return env.make_params(config).replace(capacity=jnp.array(TINY_CAPACITY, jnp.float32))
+
+
+@pytest.fixture(scope="session")
+def tiny_params() -> env.EnvParams:
+    return make_tiny_params()
+
+
+@pytest.fixture(scope="session")
+def tiny_memoryless_params() -> env.EnvParams:
+    return make_tiny_params(memoryless=True)
