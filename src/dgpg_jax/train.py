@@ -256,25 +256,65 @@ def _rollout_step(learner: Learner, runner: RunnerState, env_params: EnvParams, 
     return (next_state, next_obs), (transition, evaluate.make_record(env_state, reward, info))
 
 
-def _loss(learner: Learner, params: dict, batch: Transition, advantage, guidance_scaled, targets_std, alpha):
-    """PPO loss of a minibatch (time-major leaves); returns (loss, (policy loss, value loss, entropy))."""
+class JobBatch(NamedTuple):
+    """The valid jobs of a rollout chunk, packed into rows for the actor (and local critic)."""
+
+    obs: jax.Array  # (C, k, F)
+    valid: jax.Array  # (C,) bool, row holds a job
+    action: jax.Array  # (C,) int32
+    log_prob: jax.Array  # (C,)
+    advantage: jax.Array  # (C,)
+    guidance: jax.Array  # (C, k) guidance scaled to unit RMS (exact variant)
+    target: jax.Array  # (C,) standardised value target of the job's step
+
+
+class StepBatch(NamedTuple):
+    """The steps of a rollout chunk, for the central critic."""
+
+    server_features: jax.Array  # (L, M, Fs)
+    global_features: jax.Array  # (L, Fg)
+    target: jax.Array  # (L,) standardised value target
+
+
+def packed_rows(config: TrainConfig, env_params: EnvParams) -> int:
+    """Rows C holding a chunk's jobs: the expected count at the peak rate + 6 sigma + J,
+    rounded up to whole minibatches, at most L x J. A job beyond C (beyond 6 sigma) is
+    left out of that update, never out of the environment or the metrics."""
+    steps, slots = config.chunk_steps, env_params.num_slots
+    mean = steps * config.env.num_agents * min(1.0, config.env.peak_arrival_probability)
+    rows = min(steps * slots, int(mean + 6 * mean**0.5) + slots)
+    return -(-rows // config.num_minibatches) * config.num_minibatches
+
+
+def _pack(traj: Transition, advantage, guidance_scaled, targets_std, rows: int) -> JobBatch:
+    """Gather the valid (step, slot) entries of a chunk into `rows` rows, in time order."""
+    steps, slots = traj.valid.shape
+    index = jnp.nonzero(traj.valid.reshape(-1), size=rows, fill_value=steps * slots)[0]
+    take = lambda x: x.reshape((steps * slots,) + x.shape[2:]).at[index].get(mode="fill", fill_value=0)  # noqa: E731
+    return JobBatch(obs=take(traj.obs), valid=index < steps * slots, action=take(traj.action),
+                    log_prob=take(traj.log_prob), advantage=take(advantage), guidance=take(guidance_scaled),
+                    target=take(jnp.broadcast_to(targets_std[:, None], traj.valid.shape)))
+
+
+def _loss(learner: Learner, params: dict, jobs: JobBatch, steps: StepBatch, alpha: jax.Array):
+    """PPO loss of a minibatch; returns (loss, (policy loss, value loss, entropy))."""
     config = learner.config
-    logits = learner.actor.apply(params["actor"], batch.obs)
+    logits = learner.actor.apply(params["actor"], jobs.obs)
     dist = policy_distribution(logits)
-    log_prob = dist.log_prob(batch.action)
-    policy_loss = ppo.clipped_surrogate(log_prob, batch.log_prob, advantage, batch.valid, config.clip)
+    policy_loss = ppo.clipped_surrogate(dist.log_prob(jobs.action), jobs.log_prob, jobs.advantage, jobs.valid,
+                                        config.clip)
     if algorithms.uses_guidance(config.algo) and config.guidance == "exact":
-        expected_guidance = (jax.nn.softmax(logits, axis=-1) * guidance_scaled).sum(-1)
-        policy_loss = policy_loss - alpha * ppo.masked_mean(expected_guidance, batch.valid)
-    entropy = ppo.masked_mean(dist.entropy(), batch.valid)
+        expected_guidance = (jax.nn.softmax(logits, axis=-1) * jobs.guidance).sum(-1)
+        policy_loss = policy_loss - alpha * ppo.masked_mean(expected_guidance, jobs.valid)
+    entropy = ppo.masked_mean(dist.entropy(), jobs.valid)
     if algorithms.uses_central_critic(config.algo):
-        prediction = jax.vmap(learner.critic.apply, in_axes=(None, 0, 0))(params["critic"], batch.server_features,
-                                                                          batch.global_features)
-        value_loss = jnp.mean((prediction - targets_std) ** 2)
+        prediction = jax.vmap(learner.critic.apply, in_axes=(None, 0, 0))(params["critic"], steps.server_features,
+                                                                          steps.global_features)
+        value_loss = jnp.mean((prediction - steps.target) ** 2)
     else:
-        prediction = learner.critic.apply(params["critic"], batch.obs)
-        value_loss = ppo.masked_mean((prediction - targets_std[:, None]) ** 2, batch.valid)
-    return policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy, (policy_loss, value_loss, entropy)
+        value_loss = ppo.masked_mean((learner.critic.apply(params["critic"], jobs.obs) - jobs.target) ** 2, jobs.valid)
+    loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
+    return loss, (policy_loss, value_loss, entropy)
 
 
 def _advantages(learner: Learner, traj: Transition, bootstrap: jax.Array, alpha: jax.Array):
@@ -302,15 +342,22 @@ def _advantages(learner: Learner, traj: Transition, bootstrap: jax.Array, alpha:
 
 def _update(learner: Learner, runner: RunnerState, traj: Transition, bootstrap: jax.Array, alpha: jax.Array,
             learning_rate: jax.Array, key: jax.Array):
-    """Epochs x minibatches (over time steps) of PPO on one rollout chunk."""
+    """Epochs x minibatches of PPO on one rollout chunk: jobs (packed rows) and steps are
+    shuffled and split separately, the actor learning from the first and the central
+    critic from the second."""
     config = learner.config
     advantage, guidance_scaled, targets, guidance_rms = _advantages(learner, traj, bootstrap, alpha)
     value_norm = ppo.running_norm_update(runner.value_norm, targets, jnp.ones_like(targets, bool))
     targets_std = ppo.standardise(value_norm, targets)
+    jobs = _pack(traj, advantage, guidance_scaled, targets_std, packed_rows(config, learner.env_params))
+    steps = StepBatch(traj.server_features, traj.global_features, targets_std)
     optimizer = make_optimizer(config, learning_rate)
-    data = (traj, advantage, guidance_scaled, targets_std)
-    steps = targets.shape[0]
-    minibatch = steps // config.num_minibatches
+    minibatches = config.num_minibatches
+
+    def shuffle(batch, key):
+        size = jax.tree.leaves(batch)[0].shape[0]
+        order = jax.random.permutation(key, size)
+        return jax.tree.map(lambda x: x[order].reshape((minibatches, size // minibatches) + x.shape[1:]), batch)
 
     def minibatch_step(carry, batch):
         params, opt_state = carry
@@ -319,9 +366,8 @@ def _update(learner: Learner, runner: RunnerState, traj: Transition, bootstrap: 
         return (optax.apply_updates(params, updates), opt_state), aux
 
     def epoch(carry, epoch_key):
-        order = jax.random.permutation(epoch_key, steps)
-        shuffled = jax.tree.map(lambda x: x[order].reshape((config.num_minibatches, minibatch) + x.shape[1:]), data)
-        return jax.lax.scan(minibatch_step, carry, shuffled)
+        job_key, step_key = jax.random.split(epoch_key)
+        return jax.lax.scan(minibatch_step, carry, (shuffle(jobs, job_key), shuffle(steps, step_key)))
 
     (params, opt_state), (policy_loss, value_loss, entropy) = jax.lax.scan(
         epoch, (runner.params, runner.opt_state), jax.random.split(key, config.num_epochs))
