@@ -153,13 +153,15 @@ def _policies(spec: str, beta: float | None, num_seeds: int):
     out = []
     for name in names:
         if name.startswith("checkpoint:"):
-            out.append((name, _checkpoint_policy(Path(name.split(":", 1)[1]))))
+            run_dir = Path(name.split(":", 1)[1])
+            out.append((name, _checkpoint_policy(run_dir)))
+            out.append((name + ":mode", _checkpoint_policy(run_dir, deterministic=True)))
         else:
             out.append((name, baselines.get_policy(name, beta)))
     return out
 
 
-def _checkpoint_policy(run_dir: Path):
+def _checkpoint_policy(run_dir: Path, deterministic: bool = False):
     import jax
 
     from dgpg_jax import checkpoint, train
@@ -170,7 +172,7 @@ def _checkpoint_policy(run_dir: Path):
     like = jax.eval_shape(jax.vmap(lambda k: train.init_runner(learner, k, train.default_hyper(config))),
                           seed_keys(seed, num_seeds))
     runner = checkpoint.load_runner(run_dir, like)
-    return train.learned_policy(learner.actor, jax.tree.map(lambda x: x[0], runner.params["actor"]))
+    return train.learned_policy(learner.actor, jax.tree.map(lambda x: x[0], runner.params["actor"]), deterministic)
 
 
 def _metrics_row(name: str, metrics, params, num_agents: int, episodes: int, seeds: int) -> dict:
@@ -332,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("eval", help="evaluate policies on the same traces")
-    p.add_argument("--policy", default="all", help="a policy name, a comma list, all, or checkpoint:DIR (default all)")
+    p.add_argument("--policy", default="all",
+                   help="a policy name, a comma list, all, or checkpoint:DIR (the trained actor of seed 0, "
+                        "evaluated sampling as in training and, as checkpoint:DIR:mode, taking its most likely candidate)")
     p.add_argument("--beta", type=float, help="beta of the congestion-aware greedies (default -0.5)")
     _add_run_flags(p, episodes=3, seeds=2)
     _add_env_flags(p)

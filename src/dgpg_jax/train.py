@@ -220,12 +220,16 @@ def _sample(actor: Actor, actor_params, obs: jax.Array, candidates: jax.Array, k
     return logits, action, jnp.take_along_axis(candidates, action[:, None], axis=1)[:, 0]
 
 
-def learned_policy(actor: Actor, actor_params) -> baselines.Policy:
-    """A trained actor as a policy of the baselines' signature (sampling, as trained); it
-    runs at any N, M and k."""
+def learned_policy(actor: Actor, actor_params, deterministic: bool = False) -> baselines.Policy:
+    """A trained actor as a policy of the baselines' signature: sampling as in training,
+    or the most likely candidate (`deterministic`). It runs at any N, M and k."""
 
     def act(key, state, params):
-        return _sample(actor, actor_params, job_observation(state, params), state.jobs.candidates, key)[2]
+        obs = job_observation(state, params)
+        if deterministic:
+            index = jnp.argmax(actor.apply(actor_params, obs), axis=-1)
+            return jnp.take_along_axis(state.jobs.candidates, index[:, None], axis=1)[:, 0]
+        return _sample(actor, actor_params, obs, state.jobs.candidates, key)[2]
 
     return act
 
