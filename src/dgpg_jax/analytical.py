@@ -56,8 +56,10 @@ def reference_split(service_rate: jax.Array, rate: jax.Array) -> jax.Array:
     level = (jnp.cumsum(mu_sorted) - rate) / jnp.cumsum(root_sorted)  # nu for each prefix
     num_active = _leading_true(root_sorted > level)
     nu = level[jnp.maximum(num_active - 1, 0)]
-    split = jnp.maximum(mu - jnp.sqrt(mu) * nu, 0.0)
-    split = jnp.where(num_active > 0, split, 0.0)
+    # Clipping to [0, mu] guards float32 rounding: the overload test and the prefix sums add
+    # mu in different orders, so one ulp below capacity nu can come out slightly negative.
+    split = jnp.clip(mu - jnp.sqrt(mu) * nu, 0.0, mu)
+    split = jnp.where((num_active > 0) & (rate > 0), split, 0.0)
     return jnp.where(rate >= mu.sum(), mu, split)
 
 
