@@ -21,8 +21,8 @@ from __future__ import annotations
 import dataclasses
 
 BOUNDARY_RTOL = 1e-5
-"""A job whose buffer test is this close (relative) to equality is `ambiguous`: float32
-rounding in the library may decide it either way."""
+"""A job whose buffer test is this close (relative) to equality, or `boundary_atol` close,
+is `ambiguous`: float32 rounding in the library may decide it either way."""
 
 
 @dataclasses.dataclass
@@ -39,9 +39,10 @@ class ReferenceStep:
 
 
 def reference_step(backlog, capacity, mean_job_steps, buffer_time, rejection_penalty, num_agents,
-                   memoryless, sizes, valid, servers, num_overflow) -> ReferenceStep:
+                   memoryless, sizes, valid, servers, num_overflow, boundary_atol=0.0) -> ReferenceStep:
     """One step of dispatch and service. `backlog`, `capacity`: per server; `sizes`,
-    `valid`, `servers`: per slot in agent order; plain numbers or anything iterable."""
+    `valid`, `servers`: per slot in agent order; plain numbers or anything iterable.
+    `boundary_atol`: absolute work margin of the `ambiguous` flag."""
     backlog = [float(b) for b in backlog]
     scale = float(mean_job_steps)
     mu = [float(c) / scale for c in capacity]
@@ -62,7 +63,7 @@ def reference_step(backlog, capacity, mean_job_steps, buffer_time, rejection_pen
             continue
         finish_work = backlog[server] + ahead[server] + size
         limit = buffer_work[server]
-        ambiguous |= abs(finish_work - limit) <= BOUNDARY_RTOL * max(limit, finish_work)
+        ambiguous |= abs(finish_work - limit) <= BOUNDARY_RTOL * max(limit, finish_work) + boundary_atol
         fits = finish_work <= limit
         accepted.append(fits)
         rejected.append(not fits)

@@ -23,15 +23,15 @@ class Dispatch:
 def work_ahead(server: jax.Array, size: jax.Array, num_servers: int) -> jax.Array:
     """(J,) work sent to the same server by earlier slots of this step (exclusive prefix sum).
 
-    `server` may hold `num_servers` for empty slots; those rows get 0.
+    `server` may hold `num_servers` for empty slots. The segment start is read from the
+    same cumulative sum, so the first job at a server gets exactly 0.
     """
     order = jnp.argsort(server, stable=True)
+    sorted_server = server[order]
     sorted_size = size[order]
     before = jnp.cumsum(sorted_size) - sorted_size  # exclusive prefix over all sorted rows
-    per_server = jax.ops.segment_sum(size, server, num_segments=num_servers + 1)
-    server_start = jnp.cumsum(per_server) - per_server  # exclusive prefix over servers
-    ahead_sorted = before - server_start[server[order]]
-    return jnp.zeros_like(size).at[order].set(ahead_sorted)
+    first = jnp.searchsorted(sorted_server, sorted_server, side="left")  # start of each row's segment
+    return jnp.zeros_like(size).at[order].set(before - before[first])
 
 
 def dispatch(backlog: jax.Array, service_rate: jax.Array, buffer_work: jax.Array, penalty_steps: jax.Array,

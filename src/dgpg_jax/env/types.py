@@ -24,6 +24,10 @@ def _check(name: str, value, ok: bool, allowed: str) -> None:
         raise ValueError(f"{name}={value!r} is invalid: allowed {allowed}")
 
 
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -77,11 +81,11 @@ class EnvConfig:
 
     def validate(self) -> "EnvConfig":
         """Raise ValueError naming the first invalid field, its value and the allowed range."""
-        _check("num_agents", self.num_agents, isinstance(self.num_agents, int) and self.num_agents >= 1, "an integer >= 1")
+        _check("num_agents", self.num_agents, _integer(self.num_agents) and self.num_agents >= 1, "an integer >= 1")
         _check("servers_per_agent", self.servers_per_agent, _finite(self.servers_per_agent) and self.servers_per_agent > 0, "a number > 0")
-        _check("num_candidates", self.num_candidates, isinstance(self.num_candidates, int) and self.num_candidates >= 1, "an integer >= 1")
+        _check("num_candidates", self.num_candidates, _integer(self.num_candidates) and self.num_candidates >= 1, "an integer >= 1")
         _check("candidate_sampling", self.candidate_sampling, self.candidate_sampling in CANDIDATE_SAMPLING, f"one of {CANDIDATE_SAMPLING}")
-        _check("horizon", self.horizon, isinstance(self.horizon, int) and self.horizon >= 1, "an integer >= 1")
+        _check("horizon", self.horizon, _integer(self.horizon) and self.horizon >= 1, "an integer >= 1")
         _check("mean_job_steps", self.mean_job_steps, _finite(self.mean_job_steps) and self.mean_job_steps > 0, "a number > 0")
         _check("utilisation", self.utilisation, _finite(self.utilisation) and 0 < self.utilisation <= 1.5, "(0, 1.5]")
         _check("diurnal_amplitude", self.diurnal_amplitude, _finite(self.diurnal_amplitude) and 0 <= self.diurnal_amplitude < 1, "[0, 1)")
@@ -96,6 +100,11 @@ class EnvConfig:
         _check("buffer_time", self.buffer_time, _finite(self.buffer_time) and self.buffer_time > 0, "a number > 0")
         _check("rejection_penalty", self.rejection_penalty, _finite(self.rejection_penalty) and self.rejection_penalty >= 0, "a number >= 0")
         _check("utilisation_average_time", self.utilisation_average_time, _finite(self.utilisation_average_time) and self.utilisation_average_time > 0, "a number > 0")
+        # Sizes are rescaled by their mean in float32: both modes must stay far from overflow.
+        _check("small_sigma", self.small_sigma, math.exp(min(self.small_sigma, 20.0) ** 2 / 2) < 1e30,
+               "a value with exp(small_sigma^2 / 2) < 1e30 (small_sigma < 11.7)")
+        _check("large_scale", self.large_scale, self.large_scale * self.large_clip < 1e30,
+               "a value with large_scale * large_clip < 1e30")
         peak = self.peak_arrival_probability
         if peak > 1:
             raise ValueError(
