@@ -14,6 +14,17 @@ import jax
 import jax.numpy as jnp
 
 
+def orthogonal(scale: float) -> nn.initializers.Initializer:
+    """Orthogonal initialiser whose QR stays unbatched under `vmap` over seeds: a batched
+    LAPACK call splits over XLA's intra-op threads and can deadlock on a 2-core CPU."""
+    base = nn.initializers.orthogonal(scale)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.custom_batching.sequential_vmap(lambda k: base(k, shape, dtype))(key)
+
+    return init
+
+
 class MLP(nn.Module):
     """Tanh MLP acting on the last axis."""
 
@@ -23,8 +34,8 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         for width in self.hidden:
-            x = nn.tanh(nn.Dense(width, kernel_init=nn.initializers.orthogonal(jnp.sqrt(2.0)))(x))
-        return nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(0.01))(x)
+            x = nn.tanh(nn.Dense(width, kernel_init=orthogonal(jnp.sqrt(2.0)))(x))
+        return nn.Dense(self.out, kernel_init=orthogonal(0.01))(x)
 
 
 class Actor(nn.Module):

@@ -240,7 +240,10 @@ def _rollout_step(learner: Learner, runner: RunnerState, env_params: EnvParams, 
     env_key, policy_key = keys
     jobs = env_state.jobs
     logits, action, server = _sample(learner.actor, runner.params["actor"], obs, jobs.candidates, policy_key)
-    dist = policy_distribution(logits)
+    # The barrier keeps XLA from fusing the stored log-probabilities with the guidance's
+    # softmax of the same logits, which changed them by an ulp: DG-PG at alpha = 0 would
+    # then drift from MAPPO instead of matching it bit for bit.
+    logits, log_prob = jax.lax.optimization_barrier((logits, policy_distribution(logits).log_prob(action)))
     server_features, global_features = server_observation(env_state, env_params)
     value, job_value = _values(learner, runner.params, runner.value_norm, obs, server_features, global_features,
                                jobs.valid)
@@ -255,7 +258,7 @@ def _rollout_step(learner: Learner, runner: RunnerState, env_params: EnvParams, 
     else:
         guidance_advantage = jnp.zeros_like(logits)
     next_obs, next_state, reward, done, info = step(env_key, env_state, server, env_params)
-    transition = Transition(obs, jobs.valid, action, dist.log_prob(action), guidance_advantage, server_features,
+    transition = Transition(obs, jobs.valid, action, log_prob, guidance_advantage, server_features,
                             global_features, value, job_value, reward, info["truncated"])
     return (next_state, next_obs), (transition, evaluate.make_record(env_state, reward, info))
 

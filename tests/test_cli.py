@@ -1,0 +1,153 @@
+"""The `dgpg` command line: eval, train, checkpoint evaluation, input errors and presets.
+
+`cli.main(argv)` is called in-process (capsys captures its output); bad input must end
+with exit status 2 and a one-line message on stderr, before anything is compiled.
+"""
+
+import contextlib
+import io
+import json
+import math
+import re
+
+import pytest
+
+from dgpg_jax import cli
+
+EVAL_KEYS = {"policy", "num_agents", "num_servers", "episodes", "seeds", "mean_return", "mean_response_time",
+             "mean_response_time_in_jobs", "p95_response_time", "p99_response_time", "rejection_rate", "utilisation"}
+TRAIN_KEYS = {"algo", "num_agents", "episodes", "seeds", "final_mean_response_time", "final_ratio_to_best_fit",
+              "episodes_to_converge", "wall_seconds", "compile_seconds"}
+SMALL_EVAL = ["--episodes", "1", "--seeds", "1", "--horizon", "100", "--json"]
+
+
+def json_lines(text: str) -> list[dict]:
+    """Every non-empty line of stdout, each of which must be one JSON object."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_eval_json_prints_one_line_per_policy(capsys):
+    assert cli.main(["eval", "--policy", "best_fit,random", "--num-agents", "20", *SMALL_EVAL]) == 0
+    out = capsys.readouterr()
+    rows = json_lines(out.out)
+    assert [row["policy"] for row in rows] == ["best_fit", "random"]
+    for row in rows:
+        assert EVAL_KEYS <= set(row), EVAL_KEYS - set(row)
+        assert (row["num_agents"], row["num_servers"], row["episodes"], row["seeds"]) == (20, 10, 1, 1)
+        assert all(math.isfinite(row[key]) for key in EVAL_KEYS - {"policy"})
+        assert row["mean_response_time"] > 0 and 0 <= row["rejection_rate"] <= 1 and 0 < row["utilisation"] <= 1
+    best_fit, random = rows
+    assert best_fit["ratio_to_best_fit"] == 1.0
+    assert random["mean_response_time"] > best_fit["mean_response_time"]
+
+
+@pytest.mark.parametrize(
+    "argv, parameter",
+    [
+        (["eval", "--policy", "best_fit", "--num-agents", "0", *SMALL_EVAL], r"num[_-]agents"),
+        (["eval", "--policy", "best_fit", "--utilisation", "2", *SMALL_EVAL], r"utilisation"),
+        (["eval", "--policy", "best_fit", "--candidates", "0", *SMALL_EVAL], r"candidates"),
+        (["eval", "--policy", "best_fit,fastest_guess", *SMALL_EVAL], r"policy"),
+        (["eval", "--policy", "best_fit", "--horizon", "0", "--episodes", "1", "--seeds", "1"], r"horizon"),
+        (["eval", "--policy", "best_fit", "--mean-job-steps", "-1", *SMALL_EVAL], r"mean[_-]job[_-]steps"),
+        (["eval", "--policy", "best_fit", "--num-agents", "20", "--episodes", "0", "--seeds", "1"], r"episodes"),
+        (["eval", "--policy", "greedy", "--beta", "0.5", *SMALL_EVAL], r"beta"),
+        (["train", "--out", "unused", "--num-agents", "5", "--alpha", "1.5", "--episodes", "1"], r"alpha_start"),
+        (["train", "--out", "unused", "--num-agents", "5", "--horizon", "100", "--updates-per-episode", "3"],
+         r"updates_per_episode"),
+        (["train", "--out", "unused", "--num-agents", "5", "--algo", "sac"], r"algo"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, parameter, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a stray output directory would land here
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("dgpg ")
+    assert re.search(parameter, lines[0]), lines[0]
+    assert not (tmp_path / "unused").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny `dgpg train --json` run and what it printed. One seed: with two, the vmapped
+    init can hang on a 2-core CPU (see test_train.py::test_vmapped_init_has_no_batched_lapack_call)."""
+    out_dir = tmp_path_factory.mktemp("cli") / "run"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = cli.main(["train", "--algo", "dgpg", "--num-agents", "5", "--horizon", "100", "--updates-per-episode", "2",
+                         "--episodes", "2", "--seeds", "1", "--out", str(out_dir), "--json"])
+    return out_dir, code, stdout.getvalue()
+
+
+def test_train_json_writes_the_run_directory(trained_run):
+    out_dir, code, printed = trained_run
+    assert code == 0
+    for name in ("config.json", "metrics.jsonl", "learning_curve.png", "summary.json"):
+        assert (out_dir / name).is_file(), name
+    assert (out_dir / "checkpoint").is_dir()
+    assert (out_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json_lines((out_dir / "metrics.jsonl").read_text())
+    assert [(m["seed"], m["episode"]) for m in metrics] == [(0, 1), (0, 2)]
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["config"]["env"]["num_agents"] == 5 and config["seeds"] == 1
+
+    rows = json_lines(printed)
+    assert len(rows) == 1
+    summary = rows[0]
+    assert TRAIN_KEYS <= set(summary), TRAIN_KEYS - set(summary)
+    assert (summary["algo"], summary["num_agents"], summary["episodes"], summary["seeds"]) == ("dgpg", 5, 2, 1)
+    assert all(math.isfinite(summary[key]) for key in TRAIN_KEYS - {"algo"})
+    assert 1 <= summary["episodes_to_converge"] <= 2
+    assert summary["wall_seconds"] >= summary["compile_seconds"] > 0
+    assert summary == json.loads((out_dir / "summary.json").read_text())
+
+
+def test_eval_of_a_checkpoint_at_another_size(trained_run, capsys):
+    out_dir, code, _ = trained_run
+    assert code == 0
+    assert cli.main(["eval", "--policy", f"checkpoint:{out_dir}", "--num-agents", "20", *SMALL_EVAL]) == 0
+    rows = json_lines(capsys.readouterr().out)
+    assert rows and rows[0]["policy"] == f"checkpoint:{out_dir}"
+    for row in rows:
+        assert row["num_agents"] == 20
+        assert all(math.isfinite(row[key]) for key in EVAL_KEYS - {"policy"})
+        assert math.isfinite(row["ratio_to_best_fit"]) and row["ratio_to_best_fit"] > 0
+
+
+def test_eval_of_a_missing_checkpoint_exits_2(tmp_path, capsys):
+    assert cli.main(["eval", "--policy", f"checkpoint:{tmp_path / 'nothing'}", *SMALL_EVAL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.json" in err[0]
+
+
+def test_paper_preset_and_overrides():
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--out", "unused", "--preset", "paper"])
+    env = cli._env_config(args)
+    assert env.memoryless is True
+    assert env.mean_job_steps == 0.6
+    assert env.candidate_sampling == "uniform"
+    assert cli._train_config(args, "dgpg").potential == "split"
+
+    # explicit flags win over the preset
+    args = parser.parse_args(["train", "--out", "unused", "--preset", "paper", "--mean-job-steps", "2",
+                              "--no-memoryless", "--potential", "area"])
+    env = cli._env_config(args)
+    assert (env.mean_job_steps, env.memoryless, env.candidate_sampling) == (2.0, False, "uniform")
+    assert cli._train_config(args, "dgpg").potential == "area"
+
+    # without a preset: the EnvConfig defaults
+    args = parser.parse_args(["eval", "--num-agents", "7"])
+    env = cli._env_config(args)
+    assert (env.num_agents, env.memoryless, env.candidate_sampling, env.mean_job_steps) == (7, False, "capacity", 10.0)
+
+
+def test_alpha_flag_sets_the_schedule():
+    parser = cli.build_parser()
+    constant = cli._train_config(parser.parse_args(["train", "--out", "x", "--alpha", "0.4"]), "dgpg")
+    assert (constant.alpha_start, constant.alpha_end, constant.alpha_schedule) == (0.4, 0.4, "constant")
+    linear = cli._train_config(parser.parse_args(["train", "--out", "x", "--alpha", "0.8", "0.1"]), "dgpg")
+    assert (linear.alpha_start, linear.alpha_end, linear.alpha_schedule) == (0.8, 0.1, "linear")
