@@ -128,11 +128,22 @@ def _print_table(rows: list[dict], columns: list[tuple[str, str, str]], title: s
     Console(width=max(console.width, 132)).print(table)
 
 
+def _emit(rows: list[dict], columns, title: str, as_json: bool) -> None:
+    """One JSON object per line, or a table."""
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        _print_table(rows, columns, title)
+
+
 def _progress():
+    """A progress bar on stderr, so stdout holds only the table or the JSON lines."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[status]}"), transient=False)
+                    TextColumn("{task.fields[status]}"), console=Console(stderr=True), transient=False)
 
 
 EVAL_COLUMNS = [("policy", "policy", ""), ("mean_response_time_in_jobs", "mean RT (jobs)", ".3f"),
@@ -222,12 +233,8 @@ def cmd_eval(args) -> None:
     with _progress() as progress:
         rows = evaluate_policies(policies, params, seed_keys(args.seed, args.seeds), args.episodes,
                                  progress=None if args.json else progress)
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-    else:
-        _print_table(rows, EVAL_COLUMNS, f"N={env_config.num_agents}, M={params.num_servers}, k={params.num_candidates}, "
-                     f"{args.episodes} episodes x {args.seeds} seeds, mean_job_steps={env_config.mean_job_steps}")
+    _emit(rows, EVAL_COLUMNS, f"N={env_config.num_agents}, M={params.num_servers}, k={params.num_candidates}, "
+          f"{args.episodes} episodes x {args.seeds} seeds, mean_job_steps={env_config.mean_job_steps}", args.json)
 
 
 # ----------------------------------------------------------------------------- train
@@ -264,10 +271,7 @@ def cmd_train(args) -> None:
     _plot_run(result, out_dir, {})
     summary = result.summary(args.seeds)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        _print_table([summary], TRAIN_COLUMNS, f"{config.algo}, N={config.env.num_agents}; written to {out_dir}")
+    _emit([summary], TRAIN_COLUMNS, f"{config.algo}, N={config.env.num_agents}; written to {out_dir}", args.json)
 
 
 TRAIN_COLUMNS = [("algo", "run", ""), ("final_mean_response_time_in_jobs", "mean RT (jobs)", ".3f"),
@@ -313,12 +317,8 @@ def cmd_compare(args) -> None:
                          out_dir / "learning_curves.png",
                          f"N={configs[0].env.num_agents}, {args.seeds} seeds (preset {args.preset})")
     (out_dir / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
-    if args.json:
-        for row in table:
-            print(json.dumps(row))
-    else:
-        _print_table(table, COMPARE_COLUMNS, f"N={configs[0].env.num_agents}, final {window} of {args.episodes} episodes "
-                     f"x {args.seeds} seeds, same traces (preset {args.preset}); plot: {out_dir / 'learning_curves.png'}")
+    _emit(table, COMPARE_COLUMNS, f"N={configs[0].env.num_agents}, final {window} of {args.episodes} episodes "
+          f"x {args.seeds} seeds, same traces (preset {args.preset}); plot: {out_dir / 'learning_curves.png'}", args.json)
 
 
 COMPARE_COLUMNS = [("policy", "policy", ""), ("mean_response_time_in_jobs", "mean RT (jobs)", ".3f"),
