@@ -72,13 +72,12 @@ def test_bad_input_exits_2_with_one_line(argv, parameter, capsys, tmp_path, monk
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """A tiny `dgpg train --json` run and what it printed. One seed: with two, the vmapped
-    init can hang on a 2-core CPU (see test_train.py::test_vmapped_init_has_no_batched_lapack_call)."""
+    """A tiny `dgpg train --json` run (two seeds) and what it printed."""
     out_dir = tmp_path_factory.mktemp("cli") / "run"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = cli.main(["train", "--algo", "dgpg", "--num-agents", "5", "--horizon", "100", "--updates-per-episode", "2",
-                         "--episodes", "2", "--seeds", "1", "--out", str(out_dir), "--json"])
+                         "--episodes", "2", "--seeds", "2", "--out", str(out_dir), "--json"])
     return out_dir, code, stdout.getvalue()
 
 
@@ -90,15 +89,15 @@ def test_train_json_writes_the_run_directory(trained_run):
     assert (out_dir / "checkpoint").is_dir()
     assert (out_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json_lines((out_dir / "metrics.jsonl").read_text())
-    assert [(m["seed"], m["episode"]) for m in metrics] == [(0, 1), (0, 2)]
+    assert [(m["seed"], m["episode"]) for m in metrics] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     config = json.loads((out_dir / "config.json").read_text())
-    assert config["config"]["env"]["num_agents"] == 5 and config["seeds"] == 1
+    assert config["config"]["env"]["num_agents"] == 5 and config["seeds"] == 2
 
     rows = json_lines(printed)
     assert len(rows) == 1
     summary = rows[0]
     assert TRAIN_KEYS <= set(summary), TRAIN_KEYS - set(summary)
-    assert (summary["algo"], summary["num_agents"], summary["episodes"], summary["seeds"]) == ("dgpg", 5, 2, 1)
+    assert (summary["algo"], summary["num_agents"], summary["episodes"], summary["seeds"]) == ("dgpg", 5, 2, 2)
     assert all(math.isfinite(summary[key]) for key in TRAIN_KEYS - {"algo"})
     assert 1 <= summary["episodes_to_converge"] <= 2
     assert summary["wall_seconds"] >= summary["compile_seconds"] > 0

@@ -13,7 +13,7 @@ hyper)) rather than by building a new config. Programs compiled here:
                user potential function, all at once (each is a static setting)
   ippo_5       IPPO, 2 episodes
   dgpg_50      DG-PG, N = 50 (learning)
-  and two seeds of dgpg_5 vmapped, an evaluation at N = 50, and the run driver's
+  and dgpg_5 vmapped over two seeds, an evaluation at N = 50, and the run driver's
   programs (init, chunks of 10 and 2 episodes; each run_training call compiles its own).
 """
 
@@ -25,7 +25,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -65,7 +64,8 @@ class Program:
 
     def __init__(self, config: train.TrainConfig):
         self.config = config
-        self.jitted = jax.jit(train.make_train(config))
+        self.train = train.make_train(config)
+        self.jitted = jax.jit(self.train)
 
     def __call__(self, key, **hyper_fields):
         hyper = train.default_hyper(dataclasses.replace(self.config, **hyper_fields))
@@ -85,6 +85,13 @@ def mappo_5():
 @pytest.fixture(scope="module")
 def variant_5():
     return Program(VARIANT)
+
+
+@pytest.fixture(scope="module")
+def init_5():
+    """Jitted init_runner of BASE (a fresh runner for a key)."""
+    learner, hyper = train.make_learner(BASE), train.default_hyper(BASE)
+    return jax.jit(lambda key: train.init_runner(learner, key, hyper))
 
 
 @pytest.fixture
@@ -198,7 +205,7 @@ def test_variant_exact_first_order_convex_user_potential_runs(variant_5):
     np.testing.assert_allclose(np.asarray(logs.alpha), np.full(VARIANT.num_episodes, 0.4), rtol=1e-6)
 
 
-def test_policy_trained_at_5_agents_runs_at_50(dgpg_5):
+def test_policy_trained_at_5_agents_runs_at_50(dgpg_5, init_5):
     runner_state, _ = dgpg_5(jax.random.key(0))
     learner = train.make_learner(BASE)
     params_50 = make_params(EnvConfig(num_agents=50, horizon=100))
@@ -209,7 +216,7 @@ def test_policy_trained_at_5_agents_runs_at_50(dgpg_5):
         return evaluate(train.learned_policy(learner.actor, actor_params), params_50, keys, 2)
 
     trained = evaluate_actor(runner_state.params["actor"])
-    untrained = evaluate_actor(train.init_runner(learner, jax.random.key(0), train.default_hyper(BASE)).params["actor"])
+    untrained = evaluate_actor(init_5(jax.random.key(0)).params["actor"])
     for name, value in trained.__dict__.items():
         assert np.shape(value) == (2, 2), name
         assert np.all(np.isfinite(value)), name
@@ -221,65 +228,68 @@ def test_policy_trained_at_5_agents_runs_at_50(dgpg_5):
 # ----------------------------------------------------------------------------- run driver, vmap, resume
 
 
-# The run driver is used with one seed here: with two or more, its vmapped init can hang
-# on this 2-core CPU (see test_vmapped_init_has_no_batched_lapack_call). Seeds in parallel
-# are tested with the driver's own recipe (init per seed, then a vmap of train_episodes).
+SEEDS = 2
 HALF = 4  # episodes saved before the resume
 
 
 @pytest.fixture(scope="module")
 def uninterrupted():
-    """All 10 episodes in one chunk."""
-    return runner.run_training(BASE, seed=0, num_seeds=1, chunk_episodes=BASE.num_episodes)
+    """Two seeds, all 10 episodes in one chunk."""
+    return runner.run_training(BASE, seed=0, num_seeds=SEEDS, chunk_episodes=BASE.num_episodes)
 
 
 @pytest.fixture(scope="module")
 def saved_half(tmp_path_factory):
     """The first HALF episodes of the same run, in chunks of 2, saved."""
     run_dir = tmp_path_factory.mktemp("run")
-    result = runner.run_training(dataclasses.replace(BASE, num_episodes=HALF), seed=0, num_seeds=1, out_dir=run_dir,
-                                 chunk_episodes=2)
+    result = runner.run_training(dataclasses.replace(BASE, num_episodes=HALF), seed=0, num_seeds=SEEDS,
+                                 out_dir=run_dir, chunk_episodes=2)
     return run_dir, result
 
 
-def without_actor_output_bias(params: dict) -> dict:
-    """Params less the actor's output bias. The logits of a job's candidates go through a
-    softmax, so a bias shared by all candidates has zero gradient in exact arithmetic; in
-    float32 its gradient is rounding noise, which Adam scales up to steps of order the
-    learning rate. It drifts differently in every differently compiled program (measured
-    drift 1e-2 after 10 episodes) and changes no policy, so it is left out where two
-    different programs are compared."""
-    actor = jax.tree.map(lambda x: x, params["actor"])
-    del actor["params"]["MLP_0"][f"Dense_{len(BASE.hidden)}"]["bias"]
-    return {"actor": actor, "critic": params["critic"]}
+def assert_seed_matches(runner_state, logs: dict, i: int, runner_alone, logs_alone) -> None:
+    """Seed i of a batched run against the run of its key alone, at rtol 1e-4 / atol 1e-5."""
+    for name in train.EpisodeLog._fields:
+        np.testing.assert_allclose(np.asarray(logs[name])[i], np.asarray(getattr(logs_alone, name)),
+                                   rtol=1e-4, atol=1e-5, err_msg=name)
+    batched = jax.tree.map(lambda x: x[i], runner_state.params)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
+                 batched, runner_alone.params)
+    assert int(runner_state.episode[i]) == int(runner_alone.episode)
 
 
-def test_vmapped_seeds_equal_separate_runs(dgpg_5):
-    """Seeds run as the driver runs them (a runner per seed, then one jitted vmap of
-    train_episodes over the seeds): each seed equals train(key) for that key alone.
+def test_vmapped_seeds_equal_separate_runs(dgpg_5, uninterrupted):
+    """jax.vmap(train)(keys)[i] equals train(keys[i]), and so does seed i of the run
+    driver (its init and train_episodes vmapped over the seeds, separately jitted).
 
-    Not bit for bit: the vmapped program is compiled differently, which changes float32
+    Not bit for bit: a vmapped program is compiled differently, which changes float32
     rounding (even dgpg_5 with Hyper traced and with Hyper as constants differ so).
     Measured on this CPU: the episode metrics (response times, ratio to Best-Fit, return)
     bit for bit equal, the losses and entropy within 4e-6 relative, the parameters within
-    3e-6 absolute but for the actor's output bias (see `without_actor_output_bias`). Hence
+    3e-6 absolute (the actor has no output bias, which used to drift apart). Hence
     allclose at rtol 1e-4 / atol 1e-5."""
-    learner, hyper, keys = train.make_learner(BASE), train.default_hyper(BASE), seed_keys(0, 2)
-    runners = jax.tree.map(lambda *xs: jnp.stack(xs), *[train.init_runner(learner, key, hyper) for key in keys])
-    run = jax.jit(jax.vmap(lambda r, k: train.train_episodes(learner, r, k, hyper, BASE.num_episodes)))
-    vmapped_runner, vmapped_logs = run(runners, keys)
+    keys = seed_keys(0, SEEDS)
+    vmapped = jax.jit(jax.vmap(dgpg_5.train, in_axes=(0, None)))
+    vmapped_runner, vmapped_logs = vmapped(keys, train.default_hyper(BASE))
     for i, key in enumerate(keys):
         runner_alone, logs_alone = dgpg_5(key)
-        for name in train.EpisodeLog._fields:
-            np.testing.assert_allclose(np.asarray(getattr(vmapped_logs, name))[i], np.asarray(getattr(logs_alone, name)),
-                                       rtol=1e-4, atol=1e-5, err_msg=name)
-        vmapped = jax.tree.map(lambda x: x[i], vmapped_runner.params)
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
-                     without_actor_output_bias(vmapped), without_actor_output_bias(runner_alone.params))
-    np.testing.assert_array_equal(np.asarray(vmapped_runner.episode), [BASE.num_episodes] * 2)
+        assert_seed_matches(vmapped_runner, vmapped_logs._asdict(), i, runner_alone, logs_alone)
+        assert_seed_matches(uninterrupted.runner, uninterrupted.logs, i, runner_alone, logs_alone)
     # the seeds are different runs
     assert not np.array_equal(np.asarray(vmapped_logs.mean_response_time)[0],
                               np.asarray(vmapped_logs.mean_response_time)[1])
+
+
+def test_vmap_of_jitted_train_lowers():
+    """vmap(jit(train)) is as valid a way to run seeds as jit(vmap(train)); lowering it
+    (no compile) must work and give [seeds, episodes] logs. Found failing with "TypeError:
+    No constant handler for type DynamicJaxprTracer" once the orthogonal initialiser's QR
+    ran under jax.custom_batching.sequential_vmap: its closure held the scale
+    jnp.sqrt(2.0), a tracer when computed inside jit (jax.eval_shape does not notice)."""
+    lowered = jax.jit(jax.vmap(jax.jit(train.make_train(BASE)))).lower(seed_keys(0, SEEDS))
+    runner_shape, logs_shape = lowered.out_info
+    assert logs_shape.ratio_to_best_fit.shape == (SEEDS, BASE.num_episodes)
+    assert runner_shape.episode.shape == (SEEDS,)
 
 
 def test_vmapped_init_has_no_batched_lapack_call():
@@ -287,10 +297,10 @@ def test_vmapped_init_has_no_batched_lapack_call():
     over the seeds. jaxlib runs a batched LAPACK call by splitting the batch over XLA's
     intra-op thread pool (ParallelBatchMap) and blocking until the pieces are done; when
     two such calls run at once on a 2-thread pool (2-core CPU), both threads block
-    waiting for work queued behind them and the program never finishes. Observed here:
-    jax.jit(jax.vmap(train))(2 keys) hung in 2 of 3 tries, and run_training's vmapped init
-    once. A QR that stays unbatched under vmap (e.g. the initialiser wrapped in
-    jax.custom_batching.sequential_vmap) never takes that path."""
+    waiting for work queued behind them and the program never finishes. Observed here,
+    before the fix: jax.jit(jax.vmap(train))(2 keys) hung in 2 of 3 tries, and
+    run_training's vmapped init once. A QR that stays unbatched under vmap (the
+    initialiser wrapped in jax.custom_batching.sequential_vmap) never takes that path."""
     text = jax.jit(jax.vmap(train.make_train(BASE))).lower(seed_keys(0, 2)).as_text()
     lapack = re.findall(r'custom_call @(lapack_\w+)[^\n]*?num_batch_dims = "(\d+)"', text)
     batched = sorted({name for name, dims in lapack if dims != "0"})
@@ -312,9 +322,9 @@ print(json.dumps(np.asarray(logs.ratio_to_best_fit).tolist()))
 def test_vmap_of_whole_train_completes():
     """jax.jit(jax.vmap(train))(keys), the documented way to run seeds, in a subprocess so
     that a hang fails the test instead of stalling the suite. On the 2-core CPU it hung in
-    2 of 3 tries: the batched QR of the orthogonal initialisers (jaxlib's LAPACK kernel,
-    ParallelBatchMap) blocks both threads of XLA's intra-op pool waiting for work queued
-    on that same pool."""
+    2 of 3 tries before networks.orthogonal kept the QR unbatched: the batched QR of the
+    orthogonal initialisers (jaxlib's LAPACK kernel, ParallelBatchMap) blocked both
+    threads of XLA's intra-op pool waiting for work queued on that same pool."""
     try:
         done = subprocess.run([sys.executable, "-c", VMAP_SCRIPT], capture_output=True, text=True, timeout=240)
     except subprocess.TimeoutExpired:
@@ -331,20 +341,20 @@ def test_resume_and_chunks_equal_the_uninterrupted_run(uninterrupted, saved_half
     run_dir, half = saved_half
     assert (run_dir / "config.json").exists() and (run_dir / "checkpoint").is_dir()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [(row["seed"], row["episode"]) for row in rows] == [(0, e) for e in range(1, HALF + 1)]
+    assert [(row["seed"], row["episode"]) for row in rows] == [(i, e) for i in range(SEEDS) for e in range(1, HALF + 1)]
     for name in train.EpisodeLog._fields:
         np.testing.assert_array_equal(half.logs[name], uninterrupted.logs[name][:, :HALF], err_msg=name)
 
-    resumed = runner.run_training(BASE, seed=0, num_seeds=1, resume=run_dir, chunk_episodes=2)
+    resumed = runner.run_training(BASE, seed=0, num_seeds=SEEDS, resume=run_dir, chunk_episodes=2)
     for name in train.EpisodeLog._fields:
-        assert resumed.logs[name].shape == (1, BASE.num_episodes)
+        assert resumed.logs[name].shape == (SEEDS, BASE.num_episodes)
         np.testing.assert_array_equal(resumed.logs[name], uninterrupted.logs[name], err_msg=name)
     assert tree_equal(resumed.runner, uninterrupted.runner)
-    np.testing.assert_array_equal(np.asarray(resumed.runner.episode), [BASE.num_episodes])
+    np.testing.assert_array_equal(np.asarray(resumed.runner.episode), [BASE.num_episodes] * SEEDS)
 
 
 def test_summary_fields(uninterrupted):
-    summary = uninterrupted.summary(1)
+    summary = uninterrupted.summary(SEEDS)
     assert summary["algo"] == "dgpg" and summary["num_agents"] == 5 and summary["episodes"] == 10
     assert summary["final_ratio_to_best_fit"] == pytest.approx(uninterrupted.logs["ratio_to_best_fit"][:, -3:].mean())
     assert 1 <= summary["episodes_to_converge"] <= 10
@@ -391,14 +401,14 @@ def test_invalid_config_raises_naming_the_field(changes, field, no_compile, tmp_
 def test_resume_with_a_different_config_raises(saved_half, no_compile):
     run_dir, _ = saved_half
     saved = checkpoint.load_config(run_dir)
-    assert saved == (dataclasses.replace(BASE, num_episodes=HALF), 0, 1)
-    checkpoint.check_resumable(saved, (BASE, 0, 1))  # only num_episodes differs: fine
+    assert saved == (dataclasses.replace(BASE, num_episodes=HALF), 0, SEEDS)
+    checkpoint.check_resumable(saved, (BASE, 0, SEEDS))  # only num_episodes differs: fine
     for config, seed, seeds, field in [
-        (dataclasses.replace(BASE, learning_rate=1e-3), 0, 1, "learning_rate"),
-        (dataclasses.replace(BASE, env=EnvConfig(num_agents=6, horizon=100)), 0, 1, "env.num_agents"),
-        (dataclasses.replace(BASE, algo="mappo"), 0, 1, "algo"),
-        (BASE, 1, 1, "seed"),
-        (BASE, 0, 2, "seeds"),
+        (dataclasses.replace(BASE, learning_rate=1e-3), 0, SEEDS, "learning_rate"),
+        (dataclasses.replace(BASE, env=EnvConfig(num_agents=6, horizon=100)), 0, SEEDS, "env.num_agents"),
+        (dataclasses.replace(BASE, algo="mappo"), 0, SEEDS, "algo"),
+        (BASE, 1, SEEDS, "seed"),
+        (BASE, 0, SEEDS + 1, "seeds"),
     ]:
         with pytest.raises(ValueError, match=field):
             checkpoint.check_resumable(saved, (config, seed, seeds))

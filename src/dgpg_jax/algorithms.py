@@ -24,7 +24,7 @@ def uses_guidance(algo: str) -> bool:
 def alpha_at(episode: jax.Array, decay_episodes: int, alpha_start: jax.Array, alpha_end: jax.Array,
              schedule: str) -> jax.Array:
     """Guidance weight at `episode` (0-based): linear from alpha_start at episode 0 to
-    alpha_end at episode decay_episodes - 1 and after, or alpha_start throughout."""
+    alpha_end at episode max(decay_episodes - 1, 1) and after, or alpha_start throughout."""
     if schedule == "constant":
         return jnp.asarray(alpha_start, jnp.float32)
     fraction = jnp.minimum(episode / max(decay_episodes - 1, 1), 1.0)

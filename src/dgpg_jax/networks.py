@@ -30,22 +30,25 @@ class MLP(nn.Module):
 
     hidden: Sequence[int]
     out: int
+    output_bias: bool = True
 
     @nn.compact
     def __call__(self, x):
         for width in self.hidden:
-            x = nn.tanh(nn.Dense(width, kernel_init=orthogonal(jnp.sqrt(2.0)))(x))
-        return nn.Dense(self.out, kernel_init=orthogonal(0.01))(x)
+            x = nn.tanh(nn.Dense(width, kernel_init=orthogonal(2.0**0.5))(x))
+        return nn.Dense(self.out, use_bias=self.output_bias, kernel_init=orthogonal(0.01))(x)
 
 
 class Actor(nn.Module):
-    """(..., k, F) candidate features -> (..., k) logits."""
+    """(..., k, F) candidate features -> (..., k) logits. No output bias: a bias shared by
+    all candidates cancels in the softmax, so its gradient is rounding noise that Adam
+    would turn into drift."""
 
     hidden: Sequence[int] = (64, 64)
 
     @nn.compact
     def __call__(self, obs):
-        return MLP(self.hidden, 1)(obs)[..., 0]
+        return MLP(self.hidden, 1, output_bias=False)(obs)[..., 0]
 
 
 class CentralCritic(nn.Module):
