@@ -54,11 +54,12 @@ def first_order_closed_form(name: str, agg: Aggregates) -> np.ndarray:
     area  -(W + A)^2/(2 mu)        -> -(W + A) / mu
     split -(A - x~)^2 / (2 mu^2)   -> -(A - x~) / mu^2
     level -(A - x_level)^2/(2 mu)  -> -(A - x_level) / mu
+    congestion -((W + A)^2 - 0.6 A^2)/(2 mu) -> -(W + 0.4 A) / mu
     cubic -(W + A)^3 / mu          -> -3 (W + A)^2 / mu"""
     w, a, mu, ref, lev = (np.asarray(x, np.float64) for x in (agg.backlog, agg.arriving_work, agg.service_rate,
                                                               agg.reference_work, agg.level_work))
     return {"area": -(w + a) / mu, "split": -(a - ref) / mu**2, "level": -(a - lev) / mu,
-            "cubic": -3 * (w + a) ** 2 / mu}[name]
+            "congestion": -(w + 0.4 * a) / mu, "cubic": -3 * (w + a) ** 2 / mu}[name]
 
 
 def random_case(seed: int, num_servers: int = 7, num_jobs: int = 6, num_candidates: int = 4):
@@ -107,14 +108,15 @@ def direct_guidance(potential, agg, size, candidates, server, valid) -> np.ndarr
     return values
 
 
-def area_closed_form(agg, size, candidates, server, valid) -> np.ndarray:
-    """g_i(b) = -(W_b + A_b^{-i} + w_i/2) w_i / mu_b, numpy float64."""
+def area_closed_form(agg, size, candidates, server, valid, discount: float = 0.0) -> np.ndarray:
+    """g_i(b) = -(W_b + (1 - discount)(A_b^{-i} + w_i/2)) w_i / mu_b, numpy float64
+    (discount 0: `area`; 0.6: `congestion`)."""
     w, a, mu = (np.asarray(x, np.float64) for x in (agg.backlog, agg.arriving_work, agg.service_rate))
     size, candidates, server, valid = (np.asarray(x) for x in (size, candidates, server, valid))
     size = size.astype(np.float64)
     own = np.where(candidates == server[:, None], size[:, None], 0.0)
     others = a[candidates] - own
-    values = -(w[candidates] + others + size[:, None] / 2) * size[:, None] / mu[candidates]
+    values = -(w[candidates] + (1 - discount) * (others + size[:, None] / 2)) * size[:, None] / mu[candidates]
     return np.where(valid[:, None], values, 0.0)
 
 
@@ -153,6 +155,14 @@ def test_area_exact_guidance_closed_form(seed):
     case = random_case(seed)
     np.testing.assert_allclose(guidance_values(POTENTIALS["area"], *case, exact=True), area_closed_form(*case),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_congestion_exact_guidance_closed_form(seed):
+    """The congestion potential's guidance is the beta = -(1 + 0.6)/2 = -0.8 greedy's score."""
+    case = random_case(seed)
+    np.testing.assert_allclose(guidance_values(POTENTIALS["congestion"], *case, exact=True),
+                               area_closed_form(*case, discount=0.6), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
