@@ -19,7 +19,7 @@ from dgpg_jax.env.types import EnvParams, EnvState, service_rate
 Policy = Callable[[jax.Array, EnvState, EnvParams], jax.Array]
 
 
-def _pick(candidates: jax.Array, index: jax.Array) -> jax.Array:
+def pick_candidate(candidates: jax.Array, index: jax.Array) -> jax.Array:
     """(J,) server of candidate column `index` (J,) of each job."""
     return jnp.take_along_axis(candidates, index[:, None], axis=1)[:, 0]
 
@@ -41,7 +41,7 @@ def _sample_global(key: jax.Array, weights: jax.Array, num_jobs: int) -> jax.Arr
 def random_policy(key, state, params):
     """Uniform over the job's own candidates."""
     index = jax.random.randint(key, (params.num_slots,), 0, params.num_candidates)
-    return _pick(state.jobs.candidates, index)
+    return pick_candidate(state.jobs.candidates, index)
 
 
 def capacity_policy(key, state, params):
@@ -59,21 +59,21 @@ def static_split_policy(key, state, params):
 
 def jsq_policy(key, state, params):
     """JSQ-k: earliest finish among own candidates, all agents at once."""
-    return _pick(state.jobs.candidates, jnp.argmin(_candidate_finish(state, params), axis=1))
+    return pick_candidate(state.jobs.candidates, jnp.argmin(_candidate_finish(state, params), axis=1))
 
 
 def softmin_policy(key, state, params, temperature: float = 1.0):
     """Softmin-k: candidate b with probability proportional to exp(-finish_b / temperature),
     finish in mean job times."""
     logits = -_candidate_finish(state, params) / (params.mean_job_steps * temperature)
-    return _pick(state.jobs.candidates, jax.random.categorical(key, logits, axis=1))
+    return pick_candidate(state.jobs.candidates, jax.random.categorical(key, logits, axis=1))
 
 
 def power_of_d_policy(key, state, params, d: int = 2):
     """Power of d choices: d of the own candidates at random, the earlier finish wins."""
     index = jax.random.randint(key, (params.num_slots, d), 0, params.num_candidates)
     finish = jnp.take_along_axis(_candidate_finish(state, params), index, axis=1)
-    return _pick(state.jobs.candidates, jnp.take_along_axis(index, jnp.argmin(finish, axis=1)[:, None], axis=1)[:, 0])
+    return pick_candidate(state.jobs.candidates, jnp.take_along_axis(index, jnp.argmin(finish, axis=1)[:, None], axis=1)[:, 0])
 
 
 def sequential_greedy_policy(key, state, params, beta: float = 0.0, global_scope: bool = True):
@@ -101,7 +101,7 @@ def sequential_greedy_policy(key, state, params, beta: float = 0.0, global_scope
 def simultaneous_greedy_policy(key, state, params, beta: float = 0.0):
     """All agents at once, each to the lowest (W_b + (1 + beta) w) / mu_b among its own
     candidates (beta = 0 is JSQ-k)."""
-    return _pick(state.jobs.candidates, jnp.argmin(_candidate_finish(state, params, beta), axis=1))
+    return pick_candidate(state.jobs.candidates, jnp.argmin(_candidate_finish(state, params, beta), axis=1))
 
 
 BASELINES: dict[str, Policy] = {

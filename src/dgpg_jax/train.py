@@ -217,7 +217,7 @@ def _sample(actor: Actor, actor_params, obs: jax.Array, candidates: jax.Array, k
     """Sample a candidate per job: (logits (J, k), candidate index (J,), server (J,))."""
     logits = actor.apply(actor_params, obs)
     action = policy_distribution(logits).sample(seed=key).astype(jnp.int32)
-    return logits, action, jnp.take_along_axis(candidates, action[:, None], axis=1)[:, 0]
+    return logits, action, baselines.pick_candidate(candidates, action)
 
 
 def learned_policy(actor: Actor, actor_params, deterministic: bool = False) -> baselines.Policy:
@@ -227,8 +227,7 @@ def learned_policy(actor: Actor, actor_params, deterministic: bool = False) -> b
     def act(key, state, params):
         obs = job_observation(state, params)
         if deterministic:
-            index = jnp.argmax(actor.apply(actor_params, obs), axis=-1)
-            return jnp.take_along_axis(state.jobs.candidates, index[:, None], axis=1)[:, 0]
+            return baselines.pick_candidate(state.jobs.candidates, jnp.argmax(actor.apply(actor_params, obs), axis=-1))
         return _sample(actor, actor_params, obs, state.jobs.candidates, key)[2]
 
     return act
