@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dgpg compare --num-agents 200 --episodes 20 --seeds 2 --out runs/main
+	$(BIN)/dgpg compare --num-agents 200 --episodes 20 --seeds 2 --out runs/main --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -30,7 +30,7 @@ def batched_states():
     m, j, k = params.num_servers, params.num_slots, params.num_candidates
     rng = np.random.default_rng(0)
     valid = rng.random((NUM_KEYS, j)) < 0.7
-    jobs = env.Jobs(agent=jnp.asarray(np.where(valid, np.arange(j), params.num_agents), jnp.int32),
+    jobs = env.Jobs(
                     size=jnp.asarray(np.where(valid, rng.lognormal(0.0, 0.6, (NUM_KEYS, j)), 0.0), jnp.float32),
                     candidates=jnp.asarray(rng.integers(0, m, (NUM_KEYS, j, k)), jnp.int32),
                     valid=jnp.asarray(valid), num_overflow=jnp.zeros(NUM_KEYS, jnp.int32))
@@ -64,7 +64,7 @@ def test_policy_output_is_valid_jittable_and_vmappable(name, batched_states):
 def tiny_best_fit_case():
     """The tiny fleet of conftest.py (mu = [0.25, 0.5, 0.75]) with backlog [0.5, 0.25, 0]
     and two jobs of sizes 1.5 and 1.0, every job seeing all three servers."""
-    jobs = env.Jobs(agent=jnp.arange(2, dtype=jnp.int32), size=jnp.array([1.5, 1.0], jnp.float32),
+    jobs = env.Jobs(size=jnp.array([1.5, 1.0], jnp.float32),
                     candidates=jnp.tile(jnp.arange(3, dtype=jnp.int32), (2, 1)), valid=jnp.ones(2, bool),
                     num_overflow=jnp.zeros((), jnp.int32))
     state = env.EnvState(backlog=jnp.array([0.5, 0.25, 0.0], jnp.float32), recent_utilisation=jnp.zeros(3),
@@ -144,8 +144,8 @@ def mean_response_in_jobs(names, config, num_seeds=2):
         return evaluate.evaluate(act, params, evaluate.seed_keys(0, num_seeds), 1)
 
     metrics = jax.jit(jax.vmap(metrics_of))(jnp.arange(len(names)))
-    assert metrics.mean_response_time_in_jobs.shape == (len(names), num_seeds, 1)
-    return {name: float(metrics.mean_response_time_in_jobs[i].mean()) for i, name in enumerate(names)}
+    assert metrics.mean_response_time.shape == (len(names), num_seeds, 1)
+    return {name: float(metrics.mean_response_time[i].mean()) for i, name in enumerate(names)}
 
 
 def test_best_fit_beats_random_capacity_and_jsq_at_fine_steps():

@@ -10,14 +10,17 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 
 from dgpg_jax import cli
+from dgpg_jax.evaluate import episodes_to_converge
 
-EVAL_KEYS = {"policy", "num_agents", "num_servers", "episodes", "seeds", "mean_return", "mean_response_time",
-             "mean_response_time_in_jobs", "p95_response_time", "p99_response_time", "rejection_rate", "utilisation"}
-TRAIN_KEYS = {"algo", "num_agents", "episodes", "seeds", "final_mean_response_time", "final_ratio_to_best_fit",
-              "episodes_to_converge", "wall_seconds", "compile_seconds"}
+EVAL_KEYS = {"policy", "num_agents", "num_servers", "episodes", "seeds", "num_jobs", "mean_return",
+             "mean_response_time", "p95_response_time", "p99_response_time", "rejection_rate", "utilisation"}
+TRAIN_KEYS = {"algo", "num_agents", "episodes", "seeds", "final_mean_response_time", "final_p99_response_time",
+              "best_fit_final_p99_response_time", "final_ratio_to_best_fit", "episodes_to_converge", "wall_seconds",
+              "compile_seconds"}
 SMALL_EVAL = ["--episodes", "1", "--seeds", "1", "--horizon", "100", "--json"]
 
 
@@ -56,6 +59,12 @@ def test_eval_json_prints_one_line_per_policy(capsys):
         (["train", "--out", "unused", "--num-agents", "5", "--horizon", "100", "--updates-per-episode", "3"],
          r"updates_per_episode"),
         (["train", "--out", "unused", "--num-agents", "5", "--algo", "sac"], r"algo"),
+        (["compare", "--out", "unused", "--num-agents", "5", "--algos", ","], r"algos"),
+        (["compare", "--out", "unused", "--num-agents", "5", "--algos", "dgpg,dgpg"], r"algos"),
+        (["eval", "--policy", ",", *SMALL_EVAL], r"policy"),
+        (["eval", "--policy", "best_fit,best_fit", *SMALL_EVAL], r"policy"),
+        (["eval", "--policy", "best_fit", "--beta", "-0.8", *SMALL_EVAL], r"beta"),
+        (["eval", "--policy", "best_fit", "--large-shape", "nan", *SMALL_EVAL], r"large_shape"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, parameter, capsys, tmp_path, monkeypatch):
@@ -76,7 +85,8 @@ def trained_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("cli") / "run"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = cli.main(["train", "--algo", "dgpg", "--num-agents", "5", "--horizon", "100", "--updates-per-episode", "2",
+        code = cli.main(["train", "--algo", "dgpg", "--num-agents", "5", "--horizon", "100",
+                         "--updates-per-episode", "2",
                          "--episodes", "2", "--seeds", "2", "--out", str(out_dir), "--json"])
     return out_dir, code, stdout.getvalue()
 
@@ -99,7 +109,8 @@ def test_train_json_writes_the_run_directory(trained_run):
     assert TRAIN_KEYS <= set(summary), TRAIN_KEYS - set(summary)
     assert (summary["algo"], summary["num_agents"], summary["episodes"], summary["seeds"]) == ("dgpg", 5, 2, 2)
     assert all(math.isfinite(summary[key]) for key in TRAIN_KEYS - {"algo"})
-    assert 1 <= summary["episodes_to_converge"] <= 2
+    ratio = np.array([[m["ratio_to_best_fit"] for m in metrics if m["seed"] == s] for s in (0, 1)])
+    assert summary["episodes_to_converge"] == episodes_to_converge(ratio).mean()
     assert summary["wall_seconds"] >= summary["compile_seconds"] > 0
     assert summary == json.loads((out_dir / "summary.json").read_text())
 
@@ -150,3 +161,27 @@ def test_alpha_flag_sets_the_schedule():
     assert (constant.alpha_start, constant.alpha_end, constant.alpha_schedule) == (0.4, 0.4, "constant")
     linear = cli._train_config(parser.parse_args(["train", "--out", "x", "--alpha", "0.8", "0.1"]), "dgpg")
     assert (linear.alpha_start, linear.alpha_end, linear.alpha_schedule) == (0.8, 0.1, "linear")
+
+
+def test_compare_trains_evaluates_and_writes_one_table(tmp_path, capsys):
+    """The whole `dgpg compare`: each algorithm trained, every baseline evaluated on the
+    final episodes' traces, one JSON row each, the plot and summary.json written."""
+    from dgpg_jax.baselines import BASELINES
+
+    out_dir = tmp_path / "compare"
+    argv = ["compare", "--algos", "dgpg", "--num-agents", "5", "--horizon", "20", "--updates-per-episode", "2",
+            "--episodes", "2", "--seeds", "1", "--out", str(out_dir), "--json"]
+    assert cli.main(argv) == 0
+    rows = json_lines(capsys.readouterr().out)
+    assert [row["policy"] for row in rows] == ["dgpg", *BASELINES]
+    by_name = {row["policy"]: row for row in rows}
+    assert by_name["best_fit"]["ratio_to_best_fit"] == 1.0
+    assert all(row["mean_response_time"] > 0 and math.isfinite(row["ratio_to_best_fit"]) for row in rows)
+    # one definition in the whole table: the ratio is the pooled mean over Best-Fit's, and the
+    # learned row is the training run's own episodes, the baselines' traces
+    for row in rows:
+        assert row["ratio_to_best_fit"] == pytest.approx(row["mean_response_time"]
+                                                         / by_name["best_fit"]["mean_response_time"], rel=1e-6)
+    assert json.loads((out_dir / "summary.json").read_text()) == rows
+    assert (out_dir / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out_dir / "dgpg" / "metrics.jsonl").is_file()

@@ -71,7 +71,7 @@ def to_numpy(tree):
 
 def tiny_state(backlog, sizes):
     """A state of the tiny fleet with both slots holding jobs of `sizes`."""
-    jobs = env.Jobs(agent=jnp.arange(2, dtype=jnp.int32), size=jnp.array(sizes, jnp.float32),
+    jobs = env.Jobs(size=jnp.array(sizes, jnp.float32),
                     candidates=jnp.tile(jnp.arange(3, dtype=jnp.int32), (2, 1)), valid=jnp.ones(2, bool),
                     num_overflow=jnp.zeros((), jnp.int32))
     return env.EnvState(backlog=jnp.array(backlog, jnp.float32), recent_utilisation=jnp.zeros(3, jnp.float32),
@@ -148,7 +148,7 @@ def oracle_cases(draw):
     crowd = draw(st.integers(1, m))  # servers used: few -> queues within the step, tail drops
     servers = draw(st.lists(st.integers(0, crowd - 1), min_size=j, max_size=j))
     num_overflow = draw(st.integers(0, 3))
-    jobs = env.Jobs(agent=jnp.arange(j, dtype=jnp.int32), size=jnp.where(jnp.array(valid), jnp.array(sizes), 0.0),
+    jobs = env.Jobs(size=jnp.where(jnp.array(valid), jnp.array(sizes), 0.0),
                     candidates=jnp.zeros((j, params.num_candidates), jnp.int32), valid=jnp.array(valid),
                     num_overflow=jnp.asarray(num_overflow, jnp.int32))
     state = env.EnvState(backlog=jnp.asarray(backlog, jnp.float32), recent_utilisation=jnp.zeros(m, jnp.float32),
@@ -258,7 +258,7 @@ def mean_waiting_time_per_seed(keys, params, num_steps, warmup):
         def one_step(carry, xs):
             state, total, count = carry
             step_key, t = xs
-            _, next_state, _, _, info = env.step(step_key, state, jnp.zeros_like(state.jobs.agent), params)
+            _, next_state, _, _, info = env.step(step_key, state, jnp.zeros(state.jobs.valid.shape, jnp.int32), params)
             wait = info["response_time"] - state.jobs.size * params.mean_job_steps
             counted = state.jobs.valid & (t >= warmup)
             return (next_state, total + jnp.where(counted, wait, 0.0).sum(), count + counted.sum()), None
@@ -272,7 +272,7 @@ def mean_waiting_time_per_seed(keys, params, num_steps, warmup):
 
 def test_single_server_waiting_time_matches_pollaczek_khinchine():
     config = env.EnvConfig(num_agents=1, servers_per_agent=1.0, num_candidates=1, diurnal_amplitude=0.0,
-                           large_fraction=0.0, small_sigma=0.5, buffer_time=1e6,
+                           large_fraction=0.0, small_sigma=0.5, buffer_time=1e4,
                            mean_job_steps=QUEUE_MEAN_JOB_STEPS, utilisation=QUEUE_UTILISATION,
                            horizon=QUEUE_STEPS + 1)
     params = env.make_params(config)
@@ -534,8 +534,8 @@ def test_shapes_and_dtypes(num_agents):
         chex.assert_type([s.backlog, s.recent_utilisation], jnp.float32)
         chex.assert_shape([s.burst_steps_left, s.time], ())
         chex.assert_type([s.burst_steps_left, s.time], jnp.int32)
-        chex.assert_shape([s.jobs.agent, s.jobs.size, s.jobs.valid], (j,))
-        chex.assert_type([s.jobs.agent, s.jobs.size, s.jobs.valid], [jnp.int32, jnp.float32, jnp.bool_])
+        chex.assert_shape([s.jobs.size, s.jobs.valid], (j,))
+        chex.assert_type([s.jobs.size, s.jobs.valid], [jnp.float32, jnp.bool_])
         chex.assert_shape(s.jobs.candidates, (j, k))
         chex.assert_type([s.jobs.candidates, s.jobs.num_overflow], jnp.int32)
         chex.assert_shape(s.jobs.num_overflow, ())
@@ -544,7 +544,8 @@ def test_shapes_and_dtypes(num_agents):
     chex.assert_type([reward, done], [jnp.float32, jnp.bool_])
     chex.assert_shape([info["response_time"], info["accepted"], info["rejected"]], (j,))
     chex.assert_type([info["response_time"], info["accepted"], info["rejected"]], [jnp.float32, jnp.bool_, jnp.bool_])
-    scalars = ("num_arrived", "num_rejected", "num_overflow", "response_time_sum", "arrived_work", "rejected_work",
+    scalars = ("num_arrived", "num_rejected", "num_overflow", "num_invalid", "response_time_sum", "arrived_work",
+               "rejected_work",
                "served_work", "dropped_work", "backlog_before", "backlog_after", "capacity_work", "truncated",
                "terminated")
     assert set(info) == set(scalars) | {"response_time", "accepted", "rejected"}
@@ -585,15 +586,63 @@ def test_peak_arrival_probability_above_one_is_rejected():
         env.make_params(env.EnvConfig(num_agents=10, mean_job_steps=0.5, diurnal_amplitude=0.5))
 
 
-@pytest.mark.parametrize("field, value", [("small_sigma", 14.0), ("large_scale", 1e30)])
-def test_accepted_size_parameters_give_positive_sizes(field, value):
-    """A config that validates must give usable jobs: the float32 mean of the raw size
-    distribution must not overflow (exp(sigma^2 / 2) or large_scale^shape), which would
-    make every normalised size 0 (or NaN)."""
-    try:
-        params = env.make_params(env.EnvConfig(num_agents=4, **{field: value}))
-    except ValueError as error:
-        assert field in str(error)
-        return
-    sizes = arrivals.sample_sizes(jax.random.key(0), params, (1000,))
-    assert bool(jnp.all(jnp.isfinite(sizes))) and bool(jnp.all(sizes > 0)), (field, value, float(sizes.max()))
+@pytest.mark.parametrize("field, value", [("small_sigma", 5.5), ("large_scale", 1e26), ("large_clip", 1e16)])
+def test_unusable_size_parameters_are_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        env.make_params(env.EnvConfig(num_agents=4, **{field: value}))
+
+
+def analytic_mean_size(config: env.EnvConfig) -> float:
+    """Mean of the unscaled bimodal size in float64: lognormal mean exp(s^2/2) and the
+    clipped Pareto's xm (1 + (c^(1-a) - 1)/(1 - a)) (xm (1 + log c) at a = 1)."""
+    a, c, xm = config.large_shape, config.large_clip, config.large_scale
+    tail = np.log(c) if abs(a - 1) < 1e-12 else (c ** (1 - a) - 1) / (1 - a)
+    return (1 - config.large_fraction) * np.exp(config.small_sigma**2 / 2) + config.large_fraction * xm * (1 + tail)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(large_shape=70.0),  # xm^a = 4^70 overflowed float32: every size was NaN
+    dict(large_scale=5e13),  # the largest accepted scale at the default clip (1e26 gave all-zero sizes)
+    dict(large_fraction=0.0, large_shape=70.0),  # 0 x NaN = NaN
+    dict(small_sigma=5.0),  # the largest accepted sigma (its mean is set by events too rare to sample)
+    dict(large_shape=1.0),  # the log branch of the clipped Pareto mean
+    dict(large_shape=0.5),  # a tail index below 1 (mean finite only by the clip)
+])
+def test_accepted_size_parameters_give_positive_sizes_with_mean_one(overrides):
+    """A config that validates gives usable jobs: every sampled size finite and > 0, and
+    the sample mean 1 within 5 standard errors (the sizes are rescaled by the mean), and
+    the mean used for the rescaling equals the float64 formula."""
+    config = env.EnvConfig(num_agents=4, **overrides)
+    params = env.make_params(config)
+    sizes = np.asarray(jax.jit(lambda k: arrivals.sample_sizes(k, params, (200_000,)))(jax.random.key(0)), np.float64)
+    assert np.all(np.isfinite(sizes)) and np.all(sizes > 0), (overrides, sizes.min(), sizes.max())
+    if config.small_sigma <= 1:
+        assert abs(sizes.mean() - 1) < 5 * sizes.std() / np.sqrt(sizes.size) + 1e-3, (overrides, sizes.mean())
+    raw_mean = float(arrivals._raw_mean_size(params))
+    assert raw_mean == pytest.approx(analytic_mean_size(config), rel=1e-5)
+
+
+def test_out_of_range_actions_are_rejected_at_the_penalty_and_conserve_work(tiny_params):
+    """A server index outside [0, M) (-1 and M here) rejects its job at the penalty and adds
+    its work to no queue; the in-range jobs of the step are served as without them."""
+    params = tiny_params
+    m = params.num_servers
+    sizes = jnp.array([1.0, 0.5], jnp.float32)
+    state = env.reset(jax.random.key(0), params)[1]
+    state = state.replace(backlog=jnp.array([0.5, 0.0, 1.0], jnp.float32),
+                          jobs=state.jobs.replace(size=sizes, valid=jnp.array([True, True])))
+    penalty_steps = float(params.rejection_penalty * params.mean_job_steps)
+    for bad in (-1, m, m + 7):
+        _, next_state, _, _, info = env.step(jax.random.key(1), state, jnp.array([bad, 1], jnp.int32), params)
+        assert int(info["num_invalid"]) == 1 and int(info["num_rejected"]) == 1
+        assert bool(info["rejected"][0]) and not bool(info["accepted"][0])
+        assert float(info["response_time"][0]) == penalty_steps
+        # job 1 alone at server 1 (empty, mu = 0.5): response 0.5 / 0.5 = 1 step
+        assert float(info["response_time"][1]) == 1.0
+        # work conservation: the rejected job's 1.0 enters no queue (backlog 1.5 + 0.5 arriving)
+        np.testing.assert_allclose(float(info["backlog_before"]) + float(info["arrived_work"])
+                                   - float(info["rejected_work"]) - float(info["served_work"]),
+                                   float(info["backlog_after"]), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(next_state.backlog), [0.25, 0.0, 0.25], atol=1e-6)
+    _, _, _, _, info = env.step(jax.random.key(1), state, jnp.array([0, 1], jnp.int32), params)
+    assert int(info["num_invalid"]) == 0

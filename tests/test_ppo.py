@@ -156,8 +156,9 @@ def test_combine_advantages_alpha_zero_is_the_return_advantage_bit_for_bit(form)
 def test_combine_advantages_forms():
     a, g = jnp.array([1.0, -2.0]), jnp.array([4.0, 8.0])
     # additive: A + 0.25 g = [2, 0];  convex: 0.75 A + 0.25 g = [1.75, 0.5]
-    np.testing.assert_allclose(np.asarray(algorithms.combine_advantages(a, g, jnp.float32(0.25), "additive")), [2.0, 0.0])
-    np.testing.assert_allclose(np.asarray(algorithms.combine_advantages(a, g, jnp.float32(0.25), "convex")), [1.75, 0.5])
+    quarter = jnp.float32(0.25)
+    np.testing.assert_allclose(np.asarray(algorithms.combine_advantages(a, g, quarter, "additive")), [2.0, 0.0])
+    np.testing.assert_allclose(np.asarray(algorithms.combine_advantages(a, g, quarter, "convex")), [1.75, 0.5])
 
 
 def test_alpha_linear_schedule():

@@ -8,6 +8,8 @@ normalised guidance advantage). The choice is static, made in Python at trace ti
 import jax
 import jax.numpy as jnp
 
+from dgpg_jax.ppo import masked_mean
+
 ALGORITHMS = ("dgpg", "mappo", "ippo")
 ADVANTAGE_FORMS = ("additive", "convex")
 ALPHA_SCHEDULES = ("linear", "constant")
@@ -43,3 +45,15 @@ def combine_advantages(return_advantage: jax.Array, guidance_advantage: jax.Arra
     bit for bit, whatever the guidance holds."""
     combined = policy_weight(alpha, form) * return_advantage + alpha * guidance_advantage
     return jnp.where(alpha == 0, return_advantage, combined)
+
+
+def expected_guidance_loss(logits: jax.Array, guidance: jax.Array, valid: jax.Array, alpha: jax.Array) -> jax.Array:
+    """Exact-guidance term of the loss (to minimise): -alpha times the mean over valid jobs
+    of sum_b pi(b) g(b). Its gradient in job i's logits is -alpha pi (g - E_pi g) / count:
+    the guidance advantage of every candidate at once, with no sampling noise.
+
+    Args:
+      logits, guidance: (..., k); valid: (...) bool; alpha: ().
+    """
+    expected = (jax.nn.softmax(logits, axis=-1) * guidance).sum(-1)
+    return -alpha * masked_mean(expected, valid)

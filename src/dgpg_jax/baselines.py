@@ -13,6 +13,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from dgpg_jax.env.arrivals import sample_proportional
+from dgpg_jax.env.dynamics import finish_score
 from dgpg_jax.env.observation import current_reference_share
 from dgpg_jax.env.types import EnvParams, EnvState, service_rate
 
@@ -24,18 +26,10 @@ def pick_candidate(candidates: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(candidates, index[:, None], axis=1)[:, 0]
 
 
-def _candidate_finish(state: EnvState, params: EnvParams, beta: float = 0.0) -> jax.Array:
-    """(J, k) score (W_b + (1 + beta) w) / mu_b of each candidate, in steps."""
-    mu = service_rate(params)
+def _candidate_score(state: EnvState, params: EnvParams, beta: float = 0.0) -> jax.Array:
+    """(J, k) finish score (W_b + (1 + beta) w) / mu_b of each candidate, in steps."""
     cand = state.jobs.candidates
-    return (state.backlog[cand] + (1 + beta) * state.jobs.size[:, None]) / mu[cand]
-
-
-def _sample_global(key: jax.Array, weights: jax.Array, num_jobs: int) -> jax.Array:
-    """(J,) servers drawn in proportion to `weights` (M,), by inverse CDF: O(J log M)."""
-    cumulative = jnp.cumsum(weights) / weights.sum()
-    u = jax.random.uniform(key, (num_jobs,))
-    return jnp.minimum(jnp.searchsorted(cumulative, u, side="right"), weights.shape[0] - 1).astype(jnp.int32)
+    return finish_score(state.backlog[cand], state.jobs.size[:, None], service_rate(params)[cand], beta)
 
 
 def random_policy(key, state, params):
@@ -46,7 +40,7 @@ def random_policy(key, state, params):
 
 def capacity_policy(key, state, params):
     """Global split in proportion to capacity, ignoring the state."""
-    return _sample_global(key, params.capacity, params.num_slots)
+    return sample_proportional(key, params.capacity, (params.num_slots,))
 
 
 def static_split_policy(key, state, params):
@@ -54,26 +48,22 @@ def static_split_policy(key, state, params):
     share = current_reference_share(state, params)
     weights = share * service_rate(params)
     weights = jnp.where(weights.sum() > 0, weights, params.capacity)  # zero rate: fall back to capacity
-    return _sample_global(key, weights, params.num_slots)
-
-
-def jsq_policy(key, state, params):
-    """JSQ-k: earliest finish among own candidates, all agents at once."""
-    return pick_candidate(state.jobs.candidates, jnp.argmin(_candidate_finish(state, params), axis=1))
+    return sample_proportional(key, weights, (params.num_slots,))
 
 
 def softmin_policy(key, state, params, temperature: float = 1.0):
     """Softmin-k: candidate b with probability proportional to exp(-finish_b / temperature),
     finish in mean job times."""
-    logits = -_candidate_finish(state, params) / (params.mean_job_steps * temperature)
+    logits = -_candidate_score(state, params) / (params.mean_job_steps * temperature)
     return pick_candidate(state.jobs.candidates, jax.random.categorical(key, logits, axis=1))
 
 
 def power_of_d_policy(key, state, params, d: int = 2):
     """Power of d choices: d of the own candidates at random, the earlier finish wins."""
     index = jax.random.randint(key, (params.num_slots, d), 0, params.num_candidates)
-    finish = jnp.take_along_axis(_candidate_finish(state, params), index, axis=1)
-    return pick_candidate(state.jobs.candidates, jnp.take_along_axis(index, jnp.argmin(finish, axis=1)[:, None], axis=1)[:, 0])
+    finish = jnp.take_along_axis(_candidate_score(state, params), index, axis=1)
+    winner = jnp.take_along_axis(index, jnp.argmin(finish, axis=1)[:, None], axis=1)[:, 0]
+    return pick_candidate(state.jobs.candidates, winner)
 
 
 def sequential_greedy_policy(key, state, params, beta: float = 0.0, global_scope: bool = True):
@@ -90,7 +80,7 @@ def sequential_greedy_policy(key, state, params, beta: float = 0.0, global_scope
     def place(load, job):
         size, candidates, valid = job
         servers = jnp.arange(params.num_servers) if global_scope else candidates
-        score = (load[servers] + (1 + beta) * size) / mu[servers]
+        score = finish_score(load[servers], size, mu[servers], beta)
         server = servers[jnp.argmin(score)]
         return load.at[server].add(jnp.where(valid, size, 0.0)), server
 
@@ -100,14 +90,14 @@ def sequential_greedy_policy(key, state, params, beta: float = 0.0, global_scope
 
 def simultaneous_greedy_policy(key, state, params, beta: float = 0.0):
     """All agents at once, each to the lowest (W_b + (1 + beta) w) / mu_b among its own
-    candidates (beta = 0 is JSQ-k)."""
-    return pick_candidate(state.jobs.candidates, jnp.argmin(_candidate_finish(state, params, beta), axis=1))
+    candidates; beta = 0 is JSQ-k (join the candidate that finishes the job first)."""
+    return pick_candidate(state.jobs.candidates, jnp.argmin(_candidate_score(state, params, beta), axis=1))
 
 
 BASELINES: dict[str, Policy] = {
     "random": random_policy,
     "capacity": capacity_policy,
-    "jsq": jsq_policy,
+    "jsq": functools.partial(simultaneous_greedy_policy, beta=0.0),
     "softmin": softmin_policy,
     "power_of_d": power_of_d_policy,
     "bestfit_k": functools.partial(sequential_greedy_policy, beta=0.0, global_scope=False),

@@ -6,13 +6,16 @@ A run directory holds config.json (the TrainConfig plus seed and seeds), metrics
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
 from dgpg_jax.env import EnvConfig
-from dgpg_jax.train import RunnerState, TrainConfig
+from dgpg_jax.evaluate import seed_keys
+from dgpg_jax.networks import Actor
+from dgpg_jax.train import RunnerState, TrainConfig, default_hyper, init_runner, make_learner
 
 RESUMABLE_DIFFERENCES = ("num_episodes",)
 
@@ -24,10 +27,38 @@ def config_to_dict(config: TrainConfig, seed: int, num_seeds: int) -> dict:
 
 
 def config_from_dict(data: dict) -> tuple[TrainConfig, int, int]:
-    fields = dict(data["config"])
-    fields["env"] = EnvConfig(**fields["env"])
-    fields["hidden"] = tuple(fields["hidden"])
-    return TrainConfig(**fields), int(data["seed"]), int(data["seeds"])
+    """The inverse of `config_to_dict`; ValueError (naming what is wrong) for anything else."""
+    try:
+        fields = dict(data["config"])
+        fields["env"] = EnvConfig(**fields["env"])
+        fields["hidden"] = tuple(fields["hidden"])
+        return TrainConfig(**fields), int(data["seed"]), int(data["seeds"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"config.json does not describe a dgpg run ({type(error).__name__}: {error}): "
+                         "allowed a file written by `dgpg train`") from None
+
+
+def prepare_run_dir(run_dir: Path, resume: Path | None = None, overwrite: bool = False) -> Path:
+    """Create `run_dir` for a run, or raise ValueError before anything is computed: it must
+    be a writable directory, and one that already holds a run is refused unless the run
+    continues it (`resume` is that directory) or `overwrite` is given."""
+    if not str(run_dir).strip():
+        raise ValueError("out='' is invalid: allowed a directory path")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"out={str(run_dir)!r} is invalid: it is a file; allowed a directory path")
+    continues = resume is not None and Path(resume).resolve() == run_dir.resolve()
+    if (run_dir / "config.json").exists() and not (continues or overwrite):
+        raise ValueError(f"out={str(run_dir)!r} already holds a run: allowed --resume {run_dir} to continue it, "
+                         "--overwrite to replace it, or another directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"out={str(run_dir)!r} is invalid: {error.strerror}; "
+                         "allowed a writable directory path") from None
+    if not os.access(run_dir, os.W_OK):
+        raise ValueError(f"out={str(run_dir)!r} is invalid: not writable; allowed a writable directory path")
+    return run_dir
 
 
 def save_config(run_dir: Path, config: TrainConfig, seed: int, num_seeds: int) -> None:
@@ -36,10 +67,16 @@ def save_config(run_dir: Path, config: TrainConfig, seed: int, num_seeds: int) -
 
 
 def load_config(run_dir: Path) -> tuple[TrainConfig, int, int]:
+    """(config, seed, seeds) of the run saved in `run_dir`."""
     path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise ValueError(f"resume directory {str(run_dir)!r} has no config.json: allowed a directory written by `dgpg train`")
-    return config_from_dict(json.loads(path.read_text()))
+    if not path.is_file():
+        raise ValueError(f"run directory {str(run_dir)!r} has no config.json: "
+                         "allowed a directory written by `dgpg train`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): allowed a file written by `dgpg train`") from None
+    return config_from_dict(data)
 
 
 def check_resumable(saved: tuple[TrainConfig, int, int], wanted: tuple[TrainConfig, int, int]) -> None:
@@ -75,6 +112,23 @@ def load_runner(run_dir: Path, like: RunnerState) -> RunnerState:
     """Restore the runner state saved in run_dir, with the structure and shapes of `like`."""
     path = (Path(run_dir) / "checkpoint").resolve()
     if not path.exists():
-        raise ValueError(f"resume directory {str(run_dir)!r} has no checkpoint/: allowed a directory written by `dgpg train`")
+        raise ValueError(f"run directory {str(run_dir)!r} has no checkpoint/: "
+                         "allowed a directory written by `dgpg train`")
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return ocp.StandardCheckpointer().restore(path, target)
+    try:
+        return ocp.StandardCheckpointer().restore(path, target)
+    except Exception as error:  # orbax raises several types, with pages of detail
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"the checkpoint in {str(run_dir)!r} does not match its config.json ({first[:200]}): "
+                         "allowed a directory written by `dgpg train`") from None
+
+
+def load_actor(run_dir: Path) -> tuple[Actor, dict]:
+    """The actor network and seed 0's trained actor parameters of a saved run (they run
+    at any N, M and k: `train.learned_policy(actor, params)`)."""
+    config, seed, num_seeds = load_config(run_dir)
+    learner = make_learner(config)
+    like = jax.eval_shape(jax.vmap(lambda k: init_runner(learner, k, default_hyper(config))),
+                          seed_keys(seed, num_seeds))
+    runner = load_runner(run_dir, like)
+    return learner.actor, jax.tree.map(lambda x: x[0], runner.params["actor"])

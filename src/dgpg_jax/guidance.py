@@ -88,13 +88,7 @@ def make_aggregates(backlog: jax.Array, arriving_work: jax.Array, service_rate: 
                       reference_work=reference_split(service_rate, expected_rate), level_work=level_work)
 
 
-def dispatched_work(server: jax.Array, size: jax.Array, valid: jax.Array, num_servers: int) -> jax.Array:
-    """(M,) work sent to each server this step by the valid jobs."""
-    return jax.ops.segment_sum(jnp.where(valid, size, 0.0), jnp.where(valid, server, num_servers),
-                               num_segments=num_servers + 1)[:num_servers]
-
-
-def guidance_values(potential: Potential, agg: Aggregates, size: jax.Array, candidates: jax.Array,
+def candidate_guidance(potential: Potential, agg: Aggregates, size: jax.Array, candidates: jax.Array,
                     server: jax.Array, valid: jax.Array, exact: bool = True) -> jax.Array:
     """(J, k) guidance g_i(b): change of G when job i goes to candidate b.
 
@@ -110,16 +104,16 @@ def guidance_values(potential: Potential, agg: Aggregates, size: jax.Array, cand
         at = jax.tree.map(lambda x: x[candidates], agg)
         without = at.replace(arriving_work=at.arriving_work - own)
         with_job = without.replace(arriving_work=without.arriving_work + size[:, None])
-        values = potential(with_job) - potential(without)
+        change = potential(with_job) - potential(without)
     else:
         gradient = jax.grad(lambda a: potential(agg.replace(arriving_work=a)).sum())(agg.arriving_work)
-        values = gradient[candidates] * size[:, None]
-    return jnp.where(valid[:, None], values, 0.0)
+        change = gradient[candidates] * size[:, None]
+    return jnp.where(valid[:, None], change, 0.0)
 
 
-def centred_guidance(values: jax.Array, probs: jax.Array) -> jax.Array:
+def centred_guidance(guidance: jax.Array, probs: jax.Array) -> jax.Array:
     """(J, k) g_i(b) - sum_b' pi(b') g_i(b'): the guidance advantage of each candidate."""
-    return values - (probs * values).sum(axis=-1, keepdims=True)
+    return guidance - (probs * guidance).sum(axis=-1, keepdims=True)
 
 
 def normalise(x: jax.Array, mask: jax.Array, centre: bool = True, eps: float = 1e-8) -> jax.Array:

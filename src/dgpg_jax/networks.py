@@ -63,14 +63,17 @@ class CentralCritic(nn.Module):
 
 
 class LocalCritic(nn.Module):
-    """(J, k, F) one job's candidate features -> (J,) normalised value per job."""
+    """(J, k, F) one job's candidate features and () fraction of the day left -> (J,)
+    normalised value per job (the clock is local information: every agent has it). The
+    clock is () for one step or (J,) for packed rows of several steps."""
 
     hidden: Sequence[int] = (64, 64)
 
     @nn.compact
-    def __call__(self, obs):
+    def __call__(self, obs, day_left):
         embedding = MLP(self.hidden[:1], self.hidden[0])(obs).mean(axis=-2)
-        return MLP(self.hidden, 1)(embedding)[..., 0]
+        clock = jnp.broadcast_to(jnp.asarray(day_left)[..., None], embedding.shape[:-1] + (1,))
+        return MLP(self.hidden, 1)(jnp.concatenate([embedding, clock], axis=-1))[..., 0]
 
 
 def policy_distribution(logits: jax.Array) -> distrax.Categorical:

@@ -1,8 +1,8 @@
-"""Host-side driver of a training run: jitted chunks of episodes for seeds in parallel, a
-progress callback between chunks, metrics files, checkpoints and resume.
+"""Host-side driver of a training run: jitted calls of a few episodes for seeds in
+parallel, a progress callback between calls, metrics files, checkpoints and resume.
 
-The training itself stays one XLA program per chunk (`train.train_episodes`, vmapped
-over seeds); a chunk of K episodes gives the same numbers as any other chunking.
+The training itself stays one XLA program per call (`train.train_episodes`, vmapped
+over seeds); calls of K episodes give the same numbers as calls of any other length.
 """
 
 import dataclasses
@@ -15,101 +15,149 @@ import jax
 import numpy as np
 
 from dgpg_jax import checkpoint, train
-from dgpg_jax.evaluate import episodes_to_converge, seed_keys
+from dgpg_jax.evaluate import EpisodeMetrics, episodes_to_converge, pool, ratio_of_means, seed_keys
+from dgpg_jax.validation import check_integer
 
-FINAL_WINDOW = 3  # episodes averaged for "final" figures, the same window as episodes_to_converge
+FINAL_WINDOW = 3  # episodes pooled for "final" figures, the same window as episodes_to_converge
+
+
+def _window(logs: train.EpisodeLog, window: int) -> train.EpisodeLog:
+    return jax.tree.map(lambda x: x[:, -window:], logs)
 
 
 @dataclasses.dataclass
 class RunResult:
     config: train.TrainConfig
-    logs: dict[str, np.ndarray]  # EpisodeLog fields, each [seeds, episodes]
+    logs: train.EpisodeLog  # numpy leaves, each [seeds, episodes, ...]
     runner: train.RunnerState  # [seeds]-batched
     wall_seconds: float
     compile_seconds: float
 
-    def summary(self, num_seeds: int) -> dict:
-        """One-line summary: final figures are means over seeds of the last FINAL_WINDOW episodes."""
-        final = lambda name: float(self.logs[name][:, -FINAL_WINDOW:].mean())  # noqa: E731
+    def summary(self) -> dict:
+        """One-line summary. "Final" figures pool the jobs of the last FINAL_WINDOW episodes
+        of every seed (`evaluate.pool`): mean and percentiles of those jobs, and the ratio
+        of the pooled mean to Best-Fit's on the same traces. Times in mean job times."""
+        seeds, episodes = self.logs.ratio_to_best_fit.shape
+        final = _window(self.logs, min(FINAL_WINDOW, episodes))
+        learned, best_fit = pool(final.metrics), pool(final.best_fit)
+        per_seed = [ratio_of_means(jax.tree.map(lambda x: x[s], final.metrics),
+                                   jax.tree.map(lambda x: x[s], final.best_fit)) for s in range(seeds)]
         return {
-            "algo": self.config.algo, "num_agents": self.config.env.num_agents, "episodes": self.config.num_episodes,
-            "seeds": num_seeds,
-            "final_mean_response_time": final("mean_response_time"),
-            "final_mean_response_time_in_jobs": final("mean_response_time_in_jobs"),
-            "final_p95_response_time": final("p95_response_time"),
-            "final_p99_response_time": final("p99_response_time"),
-            "final_p95_response_time_in_jobs": final("p95_response_time") / self.config.env.mean_job_steps,
-            "final_p99_response_time_in_jobs": final("p99_response_time") / self.config.env.mean_job_steps,
-            "final_ratio_to_best_fit": final("ratio_to_best_fit"),
-            "episodes_to_converge": float(episodes_to_converge(self.logs["ratio_to_best_fit"]).mean()),
+            "algo": self.config.algo, "num_agents": self.config.env.num_agents, "episodes": episodes,
+            "seeds": seeds,
+            "final_mean_response_time": learned["mean_response_time"],
+            "final_p95_response_time": learned["p95_response_time"],
+            "final_p99_response_time": learned["p99_response_time"],
+            "final_rejection_rate": learned["rejection_rate"],
+            "best_fit_final_mean_response_time": best_fit["mean_response_time"],
+            "best_fit_final_p99_response_time": best_fit["p99_response_time"],
+            "final_ratio_to_best_fit": learned["mean_response_time"] / best_fit["mean_response_time"],
+            "final_ratio_to_best_fit_per_seed": per_seed,
+            "episodes_to_converge": float(episodes_to_converge(self.logs.ratio_to_best_fit).mean()),
             "wall_seconds": self.wall_seconds, "compile_seconds": self.compile_seconds,
         }
 
 
 def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: Path | None = None,
-                 resume: Path | None = None, chunk_episodes: int = 1,
-                 on_chunk: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> RunResult:
-    """Train `num_seeds` seeds of `config` in chunks of `chunk_episodes` episodes.
+                 resume: Path | None = None, episodes_per_call: int = 1,
+                 on_progress: Callable[[int, train.EpisodeLog], None] | None = None) -> RunResult:
+    """Train `num_seeds` seeds of `config`, `episodes_per_call` episodes per jitted call.
 
     With `resume`, continue the run saved there (same config but for num_episodes, same
     seeds) up to config.num_episodes. With `out_dir`, write config.json, metrics.jsonl and
-    the checkpoint after every chunk. `on_chunk(episodes_done, logs_so_far)` is called
-    between chunks (progress bars)."""
-    if not (isinstance(chunk_episodes, int) and chunk_episodes >= 1):
-        raise ValueError(f"chunk_episodes={chunk_episodes!r} is invalid: allowed an integer >= 1")
+    the checkpoint after every call. `on_progress(episodes_done, logs_so_far)` is called
+    after every call (progress bars)."""
+    check_integer("episodes_per_call", episodes_per_call)
     learner = train.make_learner(config)
     if resume is not None:
         checkpoint.check_resumable(checkpoint.load_config(resume), (config, seed, num_seeds))
+        _check_resume_length(Path(resume), config.num_episodes)
     keys = seed_keys(seed, num_seeds)
     hyper = train.default_hyper(config)
     start = time.perf_counter()
     init = jax.jit(jax.vmap(lambda k: train.init_runner(learner, k, hyper)))
     runner = init(keys)
-    logs: dict[str, list[np.ndarray]] = {name: [] for name in train.EpisodeLog._fields}
+    parts: list[train.EpisodeLog] = []
     if resume is not None:
         runner = checkpoint.load_runner(resume, runner)
-        previous = _read_metrics(Path(resume) / "metrics.jsonl", num_seeds, int(runner.episode[0]))
-        for name in logs:
-            logs[name].append(previous[name])
+        parts.append(read_metrics(Path(resume) / "metrics.jsonl", num_seeds, int(runner.episode[0])))
     if out_dir is not None:
         checkpoint.save_config(out_dir, config, seed, num_seeds)
     compiled: dict[int, Callable] = {}
     compile_seconds = 0.0
     done = int(runner.episode[0])
     while done < config.num_episodes:
-        count = min(chunk_episodes, config.num_episodes - done)
+        count = min(episodes_per_call, config.num_episodes - done)
         if count not in compiled:
             t0 = time.perf_counter()
-            chunk = jax.jit(jax.vmap(lambda r, k, n=count: train.train_episodes(learner, r, k, hyper, n)))
-            compiled[count] = chunk.lower(runner, keys).compile()
+            call = jax.jit(jax.vmap(lambda r, k, n=count: train.train_episodes(learner, r, k, hyper, n)))
+            compiled[count] = call.lower(runner, keys).compile()
             compile_seconds += time.perf_counter() - t0
-        runner, chunk_logs = compiled[count](runner, keys)
-        for name, value in chunk_logs._asdict().items():
-            logs[name].append(np.asarray(value))
+        runner, logs = compiled[count](runner, keys)
+        parts.append(jax.tree.map(np.asarray, logs))
         done += count
-        stacked = {name: np.concatenate(parts, axis=1) for name, parts in logs.items()}
+        stacked = _concatenate(parts)
         if out_dir is not None:
-            _write_metrics(Path(out_dir) / "metrics.jsonl", stacked)
+            write_metrics(Path(out_dir) / "metrics.jsonl", stacked)
             checkpoint.save_runner(out_dir, runner)
-        if on_chunk is not None:
-            on_chunk(done, stacked)
-    stacked = {name: np.concatenate(parts, axis=1) for name, parts in logs.items()}
-    return RunResult(config, stacked, runner, time.perf_counter() - start, compile_seconds)
+        if on_progress is not None:
+            on_progress(done, stacked)
+    return RunResult(config, _concatenate(parts), runner, time.perf_counter() - start, compile_seconds)
 
 
-def _write_metrics(path: Path, logs: dict[str, np.ndarray]) -> None:
-    seeds, episodes = next(iter(logs.values())).shape
+def _check_resume_length(run_dir: Path, num_episodes: int) -> None:
+    """The saved run's metrics exist and do not go past the episodes asked for."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise ValueError(f"resume directory {str(run_dir)!r} has no metrics.jsonl: allowed a directory written by "
+                         "`dgpg train`")
+    done = max((json.loads(line)["episode"] for line in path.read_text().splitlines() if line.strip()), default=0)
+    if done > num_episodes:
+        raise ValueError(f"num_episodes={num_episodes} is invalid for this resume: the run in {str(run_dir)!r} has "
+                         f"done {done}; allowed at least {done}")
+
+
+def _concatenate(parts: list[train.EpisodeLog]) -> train.EpisodeLog:
+    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
+
+
+def log_columns(logs: train.EpisodeLog) -> dict[str, np.ndarray]:
+    """Flat columns of a log: the metrics under their own names, Best-Fit's prefixed
+    `best_fit_`, then the learner's quantities. The inverse is `log_from_columns`."""
+    columns = dict(logs.metrics.__dict__)
+    columns.update({f"best_fit_{name}": value for name, value in logs.best_fit.__dict__.items()})
+    columns.update({name: getattr(logs, name) for name in train.EpisodeLog._fields[2:]})
+    return columns
+
+
+def log_from_columns(columns: dict[str, np.ndarray]) -> train.EpisodeLog:
+    fields = [f.name for f in dataclasses.fields(EpisodeMetrics)]
+    return train.EpisodeLog(metrics=EpisodeMetrics(**{name: columns[name] for name in fields}),
+                            best_fit=EpisodeMetrics(**{name: columns[f"best_fit_{name}"] for name in fields}),
+                            **{name: columns[name] for name in train.EpisodeLog._fields[2:]})
+
+
+def write_metrics(path: Path, logs: train.EpisodeLog) -> None:
+    """metrics.jsonl: one JSON object per (seed, episode), episodes 1-based, histograms as lists."""
+    columns = log_columns(logs)
+    seeds, episodes = logs.ratio_to_best_fit.shape
     with open(path, "w") as f:
         for s in range(seeds):
             for e in range(episodes):
-                f.write(json.dumps({"seed": s, "episode": e + 1, **{k: float(v[s, e]) for k, v in logs.items()}}) + "\n")
+                row = {name: np.asarray(value[s, e]).tolist() for name, value in columns.items()}
+                f.write(json.dumps({"seed": s, "episode": e + 1, **row}) + "\n")
 
 
-def _read_metrics(path: Path, num_seeds: int, episodes: int) -> dict[str, np.ndarray]:
+def read_metrics(path: Path, num_seeds: int, episodes: int) -> train.EpisodeLog:
+    """The first `episodes` episodes of every seed from a metrics.jsonl."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    out = {name: np.zeros((num_seeds, episodes), np.float32) for name in train.EpisodeLog._fields}
-    for row in rows:
-        if row["episode"] <= episodes:
-            for name in out:
-                out[name][row["seed"], row["episode"] - 1] = row[name]
-    return out
+    rows = sorted((row for row in rows if row["episode"] <= episodes), key=lambda row: (row["seed"], row["episode"]))
+    if len(rows) != num_seeds * episodes:
+        raise ValueError(f"resume: {path} holds {len(rows)} rows of the first {episodes} episodes: "
+                         f"allowed {num_seeds * episodes} ({num_seeds} seeds)")
+    columns = {}
+    for name in (name for name in rows[0] if name not in ("seed", "episode")):
+        values = np.array([row[name] for row in rows])  # JSON gives back the float32 values exactly
+        values = values.astype(np.int32 if values.dtype.kind == "i" else np.float32)
+        columns[name] = values.reshape((num_seeds, episodes) + values.shape[1:])
+    return log_from_columns(columns)

@@ -1,11 +1,12 @@
 """`make_train(config) -> train(key)`: a whole IPPO / MAPPO / DG-PG run as one jitted program.
 
 An episode is one day (T steps from empty queues) and holds `updates_per_episode` PPO
-updates, each on a rollout chunk of T / updates_per_episode steps (the env state is
-carried across chunks). The run is a `lax.scan` over episodes; seeds are a `vmap` over
+updates, each on a rollout segment of T / updates_per_episode steps (the env state is
+carried across segments). The run is a `lax.scan` over episodes; seeds are a `vmap` over
 keys; alpha, learning rate and utilisation are traced `Hyper` values, so a grid over
 them is a second `vmap`. Episode e of a run draws its traces from the same key as
-`evaluate.episode_key(run_key, e)`, so the ratio to Best-Fit is on the same traces.
+`evaluate.episode_key(traces_key(run_key), e)`, so the ratio to Best-Fit is on the same
+traces.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ import jax.numpy as jnp
 import optax
 
 from dgpg_jax import algorithms, baselines, evaluate, guidance, ppo
-from dgpg_jax.env import (EnvConfig, EnvParams, expected_work_rate, job_observation, make_params, reset,
+from dgpg_jax.env import (EnvConfig, EnvParams, day_left, expected_work_rate, job_observation, make_params, reset,
                           server_observation, service_rate, step)
+from dgpg_jax.env.dynamics import server_totals
 from dgpg_jax.networks import Actor, CentralCritic, LocalCritic, policy_distribution
+from dgpg_jax.validation import check, check_choice, check_integer, check_number
 
 GUIDANCE_MODES = ("sampled", "exact")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """A training run. Defaults: DESIGN section 4 (what worked in the prototype)."""
+    """A training run. The defaults are the settings measured to work at N = 5..200
+    (docs/learners.md gives the reasons)."""
 
     algo: str = "dgpg"
     """One of dgpg, mappo, ippo."""
@@ -38,7 +42,7 @@ class TrainConfig:
     """PPO updates per episode; must divide the horizon."""
     num_epochs: int = 4
     num_minibatches: int = 2
-    """Minibatches per epoch, over time steps; must divide the chunk length."""
+    """Minibatches per epoch, over time steps; must divide the segment length."""
     learning_rate: float = 3e-3
     max_grad_norm: float = 0.5
     clip: float = 0.5
@@ -64,44 +68,36 @@ class TrainConfig:
     hidden: tuple[int, ...] = (64, 64)
 
     @property
-    def chunk_steps(self) -> int:
+    def segment_steps(self) -> int:
+        """Steps of one rollout segment (one PPO update)."""
         return self.env.horizon // self.updates_per_episode
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first invalid setting (before anything is traced)."""
         self.env.validate()
-
-        def check(name, value, ok, allowed):
-            if not ok:
-                raise ValueError(f"{name}={value!r} is invalid: allowed {allowed}")
-
-        check("algo", self.algo, self.algo in algorithms.ALGORITHMS, f"one of {algorithms.ALGORITHMS}")
-        check("num_episodes", self.num_episodes, isinstance(self.num_episodes, int) and self.num_episodes >= 1, "an integer >= 1")
-        check("updates_per_episode", self.updates_per_episode,
-              isinstance(self.updates_per_episode, int) and self.updates_per_episode >= 1
-              and self.env.horizon % self.updates_per_episode == 0, f"a divisor of the horizon {self.env.horizon}")
-        check("num_epochs", self.num_epochs, isinstance(self.num_epochs, int) and self.num_epochs >= 1, "an integer >= 1")
-        check("num_minibatches", self.num_minibatches,
-              isinstance(self.num_minibatches, int) and self.num_minibatches >= 1 and self.chunk_steps % self.num_minibatches == 0,
-              f"a divisor of the chunk length {self.chunk_steps} (horizon / updates_per_episode)")
+        check_choice("algo", self.algo, algorithms.ALGORITHMS)
+        check_integer("num_episodes", self.num_episodes)
+        check_integer("updates_per_episode", self.updates_per_episode)
+        check("updates_per_episode", self.updates_per_episode, self.env.horizon % self.updates_per_episode == 0,
+              f"a divisor of the horizon {self.env.horizon}")
+        check_integer("num_epochs", self.num_epochs)
+        check_integer("num_minibatches", self.num_minibatches)
+        check("num_minibatches", self.num_minibatches, self.segment_steps % self.num_minibatches == 0,
+              f"a divisor of the segment length {self.segment_steps} (horizon / updates_per_episode)")
         for name in ("learning_rate", "max_grad_norm", "clip"):
-            value = getattr(self, name)
-            check(name, value, isinstance(value, (int, float)) and 0 < value < float("inf"), "a finite number > 0")
-        for name in ("gamma", "gae_lambda"):
-            value = getattr(self, name)
-            check(name, value, isinstance(value, (int, float)) and 0 <= value <= 1, "[0, 1]")
+            check_number(name, getattr(self, name), 0, low_open=True)
+        for name in ("gamma", "gae_lambda", "alpha_start", "alpha_end"):
+            check_number(name, getattr(self, name), 0, 1)
         for name in ("entropy_coef", "value_coef"):
-            value = getattr(self, name)
-            check(name, value, isinstance(value, (int, float)) and 0 <= value < float("inf"), "a finite number >= 0")
-        for name in ("alpha_start", "alpha_end"):
-            value = getattr(self, name)
-            check(name, value, isinstance(value, (int, float)) and 0 <= value <= 1, "[0, 1]")
-        check("alpha_decay_episodes", self.alpha_decay_episodes,
-              isinstance(self.alpha_decay_episodes, int) and self.alpha_decay_episodes >= 1, "an integer >= 1")
-        check("alpha_schedule", self.alpha_schedule, self.alpha_schedule in algorithms.ALPHA_SCHEDULES, f"one of {algorithms.ALPHA_SCHEDULES}")
-        check("advantage_form", self.advantage_form, self.advantage_form in algorithms.ADVANTAGE_FORMS, f"one of {algorithms.ADVANTAGE_FORMS}")
-        check("guidance", self.guidance, self.guidance in GUIDANCE_MODES, f"one of {GUIDANCE_MODES}")
-        check("hidden", self.hidden, len(self.hidden) >= 1 and all(isinstance(h, int) and h >= 1 for h in self.hidden), "positive integers")
+            check_number(name, getattr(self, name), 0)
+        check_integer("alpha_decay_episodes", self.alpha_decay_episodes)
+        check_choice("alpha_schedule", self.alpha_schedule, algorithms.ALPHA_SCHEDULES)
+        check_choice("advantage_form", self.advantage_form, algorithms.ADVANTAGE_FORMS)
+        check_choice("guidance", self.guidance, GUIDANCE_MODES)
+        check("first_order", self.first_order, isinstance(self.first_order, bool), "True or False")
+        check("hidden", self.hidden, isinstance(self.hidden, tuple) and len(self.hidden) >= 1
+              and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden),
+              "a tuple of integers >= 1")
         guidance.get_potential(self.potential)
         return self
 
@@ -139,6 +135,7 @@ class Transition(NamedTuple):
     guidance_advantage: jax.Array  # (J, k) centred with the rollout policy; zeros without guidance
     server_features: jax.Array  # (M, Fs)
     global_features: jax.Array  # (Fg,)
+    day_left: jax.Array  # () fraction of the day left (the local critic's clock)
     value: jax.Array  # () step value (raw units)
     job_value: jax.Array  # (J,) per-job value (raw units; the step value broadcast for a central critic)
     reward: jax.Array  # ()
@@ -146,21 +143,17 @@ class Transition(NamedTuple):
 
 
 class EpisodeLog(NamedTuple):
-    """Per-episode training metrics (one scalar each)."""
+    """Per-episode training log: the episode's metrics, Best-Fit's on the same traces, and
+    the learner's own quantities (one scalar each)."""
 
-    episode_return: jax.Array
-    mean_response_time: jax.Array
-    mean_response_time_in_jobs: jax.Array
-    p95_response_time: jax.Array
-    p99_response_time: jax.Array
-    rejection_rate: jax.Array
-    best_fit_mean_response_time: jax.Array
-    ratio_to_best_fit: jax.Array
+    metrics: evaluate.EpisodeMetrics
+    best_fit: evaluate.EpisodeMetrics
+    ratio_to_best_fit: jax.Array  # () mean response time over Best-Fit's, this episode
     entropy: jax.Array
     policy_loss: jax.Array
     value_loss: jax.Array
     alpha: jax.Array
-    guidance_norm: jax.Array
+    guidance_norm: jax.Array  # RMS of the taken candidates' guidance advantage, before scaling
 
 
 class Learner(NamedTuple):
@@ -176,11 +169,14 @@ class Learner(NamedTuple):
 def make_learner(config: TrainConfig) -> Learner:
     config.validate()
     critic = CentralCritic(config.hidden) if algorithms.uses_central_critic(config.algo) else LocalCritic(config.hidden)
-    return Learner(config, make_params(config.env), Actor(config.hidden), critic, guidance.get_potential(config.potential))
+    potential = guidance.get_potential(config.potential)
+    return Learner(config, make_params(config.env), Actor(config.hidden), critic, potential)
 
 
-def make_optimizer(config: TrainConfig, learning_rate: jax.Array) -> optax.GradientTransformation:
-    adam = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """Gradient clipping and Adam. The learning rate lives in the optimiser state
+    (`inject_hyperparams`): `init_runner` sets it from `Hyper`, so it can be traced."""
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
 
 
@@ -193,22 +189,24 @@ def init_runner(learner: Learner, run_key: jax.Array, hyper: Hyper) -> RunnerSta
     params_env = _env_params(learner, hyper)
     init_key = jax.random.split(run_key)[0]
     actor_key, critic_key = jax.random.split(init_key)
-    obs, state = reset(jax.random.key(0), params_env)
+    obs, state = reset(jax.random.key(0), params_env)  # any state: only the shapes matter
     if algorithms.uses_central_critic(learner.config.algo):
         critic_params = learner.critic.init(critic_key, *server_observation(state, params_env))
     else:
-        critic_params = learner.critic.init(critic_key, obs)
+        critic_params = learner.critic.init(critic_key, obs, day_left(params_env, state.time))
     params = {"actor": learner.actor.init(actor_key, obs), "critic": critic_params}
-    opt_state = make_optimizer(learner.config, hyper.learning_rate).init(params)
+    opt_state = optax.tree_utils.tree_set(make_optimizer(learner.config).init(params),
+                                          learning_rate=hyper.learning_rate)
     return RunnerState(params, opt_state, ppo.running_norm_init(), jnp.zeros((), jnp.int32))
 
 
-def _values(learner: Learner, params: dict, norm: ppo.RunningNorm, obs, server_features, global_features, valid):
-    """Step value () and per-job values (J,), raw units."""
+def _critic_values(learner: Learner, params: dict, norm: ppo.RunningNorm, obs, server_features, global_features,
+                   clock, valid):
+    """Step value () and per-job values (J,), raw units; `clock` is the fraction of the day left."""
     if algorithms.uses_central_critic(learner.config.algo):
         value = ppo.unstandardise(norm, learner.critic.apply(params["critic"], server_features, global_features))
         return value, jnp.broadcast_to(value, valid.shape)
-    job_value = ppo.unstandardise(norm, learner.critic.apply(params["critic"], obs))
+    job_value = ppo.unstandardise(norm, learner.critic.apply(params["critic"], obs, clock))
     value = jnp.where(valid.any(), ppo.masked_mean(job_value, valid), job_value.mean())
     return value, job_value
 
@@ -244,26 +242,27 @@ def _rollout_step(learner: Learner, runner: RunnerState, env_params: EnvParams, 
     # then drift from MAPPO instead of matching it bit for bit.
     logits, log_prob = jax.lax.optimization_barrier((logits, policy_distribution(logits).log_prob(action)))
     server_features, global_features = server_observation(env_state, env_params)
-    value, job_value = _values(learner, runner.params, runner.value_norm, obs, server_features, global_features,
-                               jobs.valid)
+    clock = day_left(env_params, env_state.time)
+    value, job_value = _critic_values(learner, runner.params, runner.value_norm, obs, server_features,
+                                      global_features, clock, jobs.valid)
     if algorithms.uses_guidance(learner.config.algo):
         mu = service_rate(env_params)
         agg = guidance.make_aggregates(
-            env_state.backlog, guidance.dispatched_work(server, jobs.size, jobs.valid, env_params.num_servers), mu,
+            env_state.backlog, server_totals(server, jobs.size, jobs.valid, env_params.num_servers), mu,
             expected_work_rate(env_params, env_state.time, env_state.burst_steps_left > 0))
-        values = guidance.guidance_values(learner.potential, agg, jobs.size, jobs.candidates, server, jobs.valid,
-                                          exact=not learner.config.first_order)
-        guidance_advantage = guidance.centred_guidance(values, jax.nn.softmax(logits, axis=-1))
+        guidance_at = guidance.candidate_guidance(learner.potential, agg, jobs.size, jobs.candidates, server,
+                                                  jobs.valid, exact=not learner.config.first_order)
+        guidance_advantage = guidance.centred_guidance(guidance_at, jax.nn.softmax(logits, axis=-1))
     else:
         guidance_advantage = jnp.zeros_like(logits)
     next_obs, next_state, reward, done, info = step(env_key, env_state, server, env_params)
     transition = Transition(obs, jobs.valid, action, log_prob, guidance_advantage, server_features,
-                            global_features, value, job_value, reward, info["truncated"])
+                            global_features, clock, value, job_value, reward, info["truncated"])
     return (next_state, next_obs), (transition, evaluate.make_record(env_state, reward, info))
 
 
 class JobBatch(NamedTuple):
-    """The valid jobs of a rollout chunk, packed into rows for the actor (and local critic)."""
+    """The valid jobs of a rollout segment, packed into rows for the actor (and local critic)."""
 
     obs: jax.Array  # (C, k, F)
     valid: jax.Array  # (C,) bool, row holds a job
@@ -272,10 +271,11 @@ class JobBatch(NamedTuple):
     advantage: jax.Array  # (C,)
     guidance: jax.Array  # (C, k) guidance scaled to unit RMS (exact variant)
     target: jax.Array  # (C,) standardised value target of the job's step
+    day_left: jax.Array  # (C,) fraction of the day left at the job's step (local critic)
 
 
 class StepBatch(NamedTuple):
-    """The steps of a rollout chunk, for the central critic."""
+    """The steps of a rollout segment, for the central critic."""
 
     server_features: jax.Array  # (L, M, Fs)
     global_features: jax.Array  # (L, Fg)
@@ -283,23 +283,24 @@ class StepBatch(NamedTuple):
 
 
 def packed_rows(config: TrainConfig, env_params: EnvParams) -> int:
-    """Rows C holding a chunk's jobs: the expected count at the peak rate + 6 sigma + J,
+    """Rows C holding a segment's jobs: the expected count at the peak rate + 6 sigma + J,
     rounded up to whole minibatches, at most L x J. A job beyond C (beyond 6 sigma) is
     left out of that update, never out of the environment or the metrics."""
-    steps, slots = config.chunk_steps, env_params.num_slots
+    steps, slots = config.segment_steps, env_params.num_slots
     mean = steps * config.env.num_agents * min(1.0, config.env.peak_arrival_probability)
     rows = min(steps * slots, int(mean + 6 * mean**0.5) + slots)
     return -(-rows // config.num_minibatches) * config.num_minibatches
 
 
 def _pack(traj: Transition, advantage, guidance_scaled, targets_std, rows: int) -> JobBatch:
-    """Gather the valid (step, slot) entries of a chunk into `rows` rows, in time order."""
+    """Gather the valid (step, slot) entries of a segment into `rows` rows, in time order."""
     steps, slots = traj.valid.shape
     index = jnp.nonzero(traj.valid.reshape(-1), size=rows, fill_value=steps * slots)[0]
     take = lambda x: x.reshape((steps * slots,) + x.shape[2:]).at[index].get(mode="fill", fill_value=0)  # noqa: E731
     return JobBatch(obs=take(traj.obs), valid=index < steps * slots, action=take(traj.action),
                     log_prob=take(traj.log_prob), advantage=take(advantage), guidance=take(guidance_scaled),
-                    target=take(jnp.broadcast_to(targets_std[:, None], traj.valid.shape)))
+                    target=take(jnp.broadcast_to(targets_std[:, None], traj.valid.shape)),
+                    day_left=take(jnp.broadcast_to(traj.day_left[:, None], traj.valid.shape)))
 
 
 def _loss(learner: Learner, params: dict, jobs: JobBatch, steps: StepBatch, alpha: jax.Array):
@@ -310,15 +311,15 @@ def _loss(learner: Learner, params: dict, jobs: JobBatch, steps: StepBatch, alph
     policy_loss = ppo.clipped_surrogate(dist.log_prob(jobs.action), jobs.log_prob, jobs.advantage, jobs.valid,
                                         config.clip)
     if algorithms.uses_guidance(config.algo) and config.guidance == "exact":
-        expected_guidance = (jax.nn.softmax(logits, axis=-1) * jobs.guidance).sum(-1)
-        policy_loss = policy_loss - alpha * ppo.masked_mean(expected_guidance, jobs.valid)
+        policy_loss = policy_loss + algorithms.expected_guidance_loss(logits, jobs.guidance, jobs.valid, alpha)
     entropy = ppo.masked_mean(dist.entropy(), jobs.valid)
     if algorithms.uses_central_critic(config.algo):
         prediction = jax.vmap(learner.critic.apply, in_axes=(None, 0, 0))(params["critic"], steps.server_features,
                                                                           steps.global_features)
         value_loss = jnp.mean((prediction - steps.target) ** 2)
     else:
-        value_loss = ppo.masked_mean((learner.critic.apply(params["critic"], jobs.obs) - jobs.target) ** 2, jobs.valid)
+        prediction = learner.critic.apply(params["critic"], jobs.obs, jobs.day_left)
+        value_loss = ppo.masked_mean((prediction - jobs.target) ** 2, jobs.valid)
     loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
     return loss, (policy_loss, value_loss, entropy)
 
@@ -347,8 +348,8 @@ def _advantages(learner: Learner, traj: Transition, bootstrap: jax.Array, alpha:
 
 
 def _update(learner: Learner, runner: RunnerState, traj: Transition, bootstrap: jax.Array, alpha: jax.Array,
-            learning_rate: jax.Array, key: jax.Array):
-    """Epochs x minibatches of PPO on one rollout chunk: jobs (packed rows) and steps are
+            key: jax.Array):
+    """Epochs x minibatches of PPO on one rollout segment: jobs (packed rows) and steps are
     shuffled and split separately, the actor learning from the first and the central
     critic from the second."""
     config = learner.config
@@ -357,7 +358,7 @@ def _update(learner: Learner, runner: RunnerState, traj: Transition, bootstrap: 
     targets_std = ppo.standardise(value_norm, targets)
     jobs = _pack(traj, advantage, guidance_scaled, targets_std, packed_rows(config, learner.env_params))
     steps = StepBatch(traj.server_features, traj.global_features, targets_std)
-    optimizer = make_optimizer(config, learning_rate)
+    optimizer = make_optimizer(config)
     minibatches = config.num_minibatches
 
     def shuffle(batch, key):
@@ -381,72 +382,69 @@ def _update(learner: Learner, runner: RunnerState, traj: Transition, bootstrap: 
     return runner, (policy_loss.mean(), value_loss.mean(), entropy.mean(), guidance_rms)
 
 
-def _run_chunk(learner: Learner, hyper: Hyper, alpha: jax.Array, carry, chunk):
-    """Roll out one chunk of the episode and update on it."""
+def _run_segment(learner: Learner, hyper: Hyper, alpha: jax.Array, carry, segment):
+    """Roll out one segment of the episode and update on it."""
     runner, env_state, obs = carry
-    env_keys, policy_keys, update_key = chunk
+    env_keys, policy_keys, update_key = segment
     env_params = _env_params(learner, hyper)
     (env_state, obs), (traj, records) = jax.lax.scan(
         lambda c, k: _rollout_step(learner, runner, env_params, c, k), (env_state, obs), (env_keys, policy_keys))
     server_features, global_features = server_observation(env_state, env_params)
-    bootstrap, _ = _values(learner, runner.params, runner.value_norm, obs, server_features, global_features,
-                           env_state.jobs.valid)
-    runner, losses = _update(learner, runner, traj, bootstrap, alpha, hyper.learning_rate, update_key)
+    bootstrap, _ = _critic_values(learner, runner.params, runner.value_norm, obs, server_features, global_features,
+                                  day_left(env_params, env_state.time), env_state.jobs.valid)
+    runner, losses = _update(learner, runner, traj, bootstrap, alpha, update_key)
     return (runner, env_state, obs), (records, losses)
 
 
 def _run_episode(learner: Learner, run_key: jax.Array, hyper: Hyper, runner: RunnerState):
-    """One day: `updates_per_episode` chunks of rollout + update. Returns (runner, log)."""
+    """One day: `updates_per_episode` segments of rollout + update. Returns (runner, log)."""
     config, horizon = learner.config, learner.env_params.horizon
-    key = evaluate.episode_key(episodes_key(run_key), runner.episode)
+    key = evaluate.episode_key(traces_key(run_key), runner.episode)
     reset_key, step_keys = evaluate.env_keys(key, horizon)
     act_keys = evaluate.policy_keys(key, horizon)
     update_keys = jax.random.split(jax.random.fold_in(key, 2), config.updates_per_episode)
-    chunks = (step_keys.reshape(config.updates_per_episode, -1), act_keys.reshape(config.updates_per_episode, -1),
-              update_keys)
+    per_segment = lambda keys: keys.reshape(config.updates_per_episode, -1)  # noqa: E731
+    segments = (per_segment(step_keys), per_segment(act_keys), update_keys)
     alpha = algorithms.alpha_at(runner.episode, config.alpha_decay_episodes, hyper.alpha_start, hyper.alpha_end,
                                 config.alpha_schedule)
     alpha = alpha if algorithms.uses_guidance(config.algo) else jnp.zeros_like(alpha)
     obs, env_state = reset(reset_key, _env_params(learner, hyper))
     (runner, _, _), (records, losses) = jax.lax.scan(
-        lambda c, x: _run_chunk(learner, hyper, alpha, c, x), (runner, env_state, obs), chunks)
+        lambda c, x: _run_segment(learner, hyper, alpha, c, x), (runner, env_state, obs), segments)
     records = jax.tree.map(lambda x: x.reshape((horizon,) + x.shape[2:]), records)
     metrics = evaluate.summarise(records, _env_params(learner, hyper))
     policy_loss, value_loss, entropy, guidance_rms = (x.mean() for x in losses)
-    log = EpisodeLog(
-        episode_return=metrics.episode_return, mean_response_time=metrics.mean_response_time,
-        mean_response_time_in_jobs=metrics.mean_response_time_in_jobs, p95_response_time=metrics.p95_response_time,
-        p99_response_time=metrics.p99_response_time, rejection_rate=metrics.rejection_rate,
-        best_fit_mean_response_time=jnp.zeros(()), ratio_to_best_fit=jnp.zeros(()), entropy=entropy,
-        policy_loss=policy_loss, value_loss=value_loss, alpha=alpha, guidance_norm=guidance_rms)
-    return runner._replace(episode=runner.episode + 1), log
+    log = EpisodeLog(metrics=metrics, best_fit=metrics, ratio_to_best_fit=jnp.zeros(()), entropy=entropy,
+                     policy_loss=policy_loss, value_loss=value_loss, alpha=alpha, guidance_norm=guidance_rms)
+    return runner._replace(episode=runner.episode + 1), log  # best_fit and the ratio: set by train_episodes
 
 
-def episodes_key(run_key: jax.Array) -> jax.Array:
+def traces_key(run_key: jax.Array) -> jax.Array:
     """Key whose `evaluate.episode_key(., e)` is episode e's key in a run of `run_key` (the
     other half of the split seeds the networks). Evaluate a policy with
-    `evaluate.evaluate(act, params, episodes_key(run_key), ...)` to see the run's traces."""
+    `evaluate.evaluate(act, params, traces_key(run_key)[None], ...)` to see the run's traces."""
     return jax.random.split(run_key)[1]
 
 
 def best_fit_reference(learner: Learner, run_key: jax.Array, hyper: Hyper, first_episode: jax.Array,
-                       num_episodes: int) -> jax.Array:
-    """(E,) Best-Fit mean response time on the traces of episodes first..first+E-1 of a run."""
+                       num_episodes: int) -> evaluate.EpisodeMetrics:
+    """[E] Best-Fit metrics on the traces of episodes first..first+E-1 of a run. They depend
+    on the traces only, never on the learner."""
     env_params = _env_params(learner, hyper)
-    keys = jax.vmap(lambda e: evaluate.episode_key(episodes_key(run_key), e))(first_episode + jnp.arange(num_episodes))
-    return jax.vmap(lambda k: evaluate.run_episode(baselines.BASELINES["best_fit"], env_params, k))(keys).mean_response_time
+    keys = jax.vmap(lambda e: evaluate.episode_key(traces_key(run_key), e))(first_episode + jnp.arange(num_episodes))
+    return jax.vmap(lambda k: evaluate.run_episode(baselines.BASELINES["best_fit"], env_params, k))(keys)
 
 
 def train_episodes(learner: Learner, runner: RunnerState, run_key: jax.Array, hyper: Hyper,
                    num_episodes: int) -> tuple[RunnerState, EpisodeLog]:
     """Continue a run by `num_episodes` episodes; logs have a leading [num_episodes] axis.
-    Chunked calls give the same result as one call over all episodes."""
+    Several calls of fewer episodes give the same result as one call over all of them."""
     reference = best_fit_reference(learner, run_key, hyper, runner.episode, num_episodes)
     runner, logs = jax.lax.scan(lambda r, _: _run_episode(learner, run_key, hyper, r), runner, None,
                                 length=num_episodes)
-    chex.assert_shape(logs.mean_response_time, (num_episodes,))
-    return runner, logs._replace(best_fit_mean_response_time=reference,
-                                 ratio_to_best_fit=logs.mean_response_time / reference)
+    chex.assert_shape(logs.metrics.mean_response_time, (num_episodes,))
+    return runner, logs._replace(best_fit=reference,
+                                 ratio_to_best_fit=logs.metrics.mean_response_time / reference.mean_response_time)
 
 
 def make_train(config: TrainConfig) -> Callable[..., tuple[RunnerState, EpisodeLog]]:

@@ -29,24 +29,32 @@ def expected_work_rate(params: EnvParams, time: jax.Array, burst: jax.Array) -> 
 
 
 def _raw_mean_size(params: EnvParams) -> jax.Array:
-    """Mean of the unscaled bimodal size: lognormal(0, sigma) and a clipped Pareto."""
+    """Mean of the unscaled bimodal size: lognormal(0, sigma) and a Pareto clipped at
+    xm * clip. E[min(X, xm c)] = xm (1 + int_1^c y^-a dy) = xm (1 + (c^(1-a) - 1) / (1 - a)),
+    written with xm factored out so that no power of xm is formed (xm^a overflows float32
+    for large shapes); the a = 1 case is the limit xm (1 + log c)."""
     small = jnp.exp(params.small_sigma**2 / 2)
-    a, xm = params.large_shape, params.large_scale
-    cap = xm * params.large_clip
-    # E[min(X, cap)] = xm + int_xm^cap (xm/x)^a dx, with the a = 1 case taken as a limit.
+    a, clip = params.large_shape, params.large_clip
     near_one = jnp.abs(a - 1) < 1e-6
     safe_a = jnp.where(near_one, 2.0, a)
-    integral = jnp.where(near_one, xm * jnp.log(params.large_clip),
-                         xm**safe_a * (cap ** (1 - safe_a) - xm ** (1 - safe_a)) / (1 - safe_a))
-    large = xm + integral
+    tail = jnp.where(near_one, jnp.log(clip), (clip ** (1 - safe_a) - 1) / (1 - safe_a))
+    large = params.large_scale * (1 + tail)
     return (1 - params.large_fraction) * small + params.large_fraction * large
+
+
+def sample_proportional(key: jax.Array, weights: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Indices into `weights` (M,) drawn in proportion to them, by inverse CDF: O(log M) each.
+    The `minimum` guards a uniform that rounds past the last cumulative weight."""
+    cumulative = jnp.cumsum(weights) / weights.sum()
+    u = jax.random.uniform(key, shape)
+    return jnp.minimum(jnp.searchsorted(cumulative, u, side="right"), weights.shape[0] - 1).astype(jnp.int32)
 
 
 def sample_sizes(key: jax.Array, params: EnvParams, shape: tuple[int, ...]) -> jax.Array:
     """Bimodal heavy-tailed job sizes with mean 1: mostly lognormal, some clipped Pareto."""
     mode_key, small_key, large_key = jax.random.split(key, 3)
     small = jnp.exp(params.small_sigma * jax.random.normal(small_key, shape))
-    u = jax.random.uniform(large_key, shape, minval=1e-7, maxval=1.0)
+    u = jax.random.uniform(large_key, shape, minval=1e-7, maxval=1.0)  # > 0: u^(-1/a) stays finite or inf
     large = jnp.minimum(params.large_scale * u ** (-1 / params.large_shape), params.large_scale * params.large_clip)
     is_large = jax.random.uniform(mode_key, shape) < params.large_fraction
     return jnp.where(is_large, large, small) / _raw_mean_size(params)
@@ -58,9 +66,7 @@ def sample_candidates(key: jax.Array, params: EnvParams, num_jobs: int) -> jax.A
     if params.all_candidates:
         return jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (num_jobs, m))
     if params.capacity_weighted:
-        cumulative = jnp.cumsum(params.capacity) / params.capacity.sum()
-        u = jax.random.uniform(key, (num_jobs, k))
-        return jnp.minimum(jnp.searchsorted(cumulative, u, side="right"), m - 1).astype(jnp.int32)
+        return sample_proportional(key, params.capacity, (num_jobs, k))
     return jax.random.randint(key, (num_jobs, k), 0, m, dtype=jnp.int32)
 
 
@@ -73,7 +79,6 @@ def sample_jobs(key: jax.Array, params: EnvParams, time: jax.Array, burst: jax.A
     valid = agent < n
     size = jnp.where(valid, sample_sizes(size_key, params, (j,)), 0.0)
     return Jobs(
-        agent=agent.astype(jnp.int32),
         size=size,
         candidates=sample_candidates(candidate_key, params, j),
         valid=valid,

@@ -32,7 +32,8 @@ def reset(key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
 
 def step(key: jax.Array, state: EnvState, actions: jax.Array, params: EnvParams):
     """Dispatch this step's jobs to servers `actions` ((J,) int32 in [0, M), ignored on
-    empty slots), serve one step, draw the next jobs from `key`.
+    empty slots), serve one step, draw the next jobs from `key`. An action outside
+    [0, M) rejects its job at the penalty (counted in `info["num_invalid"]`).
 
     Returns (obs, state, reward, done, info). `reward` is minus the summed response time
     (in mean job times) of this step's jobs over N, rejected jobs at the penalty. `done`
@@ -70,10 +71,11 @@ def step(key: jax.Array, state: EnvState, actions: jax.Array, params: EnvParams)
     info = {
         "response_time": out.response_time,  # (J,) steps
         "accepted": out.accepted,  # (J,)
-        "rejected": out.rejected,  # (J,), slot overflow not included
+        "rejected": out.rejected,  # (J,), buffer full or invalid action; slot overflow not included
         "num_arrived": jobs.valid.sum() + jobs.num_overflow,
         "num_rejected": out.rejected.sum() + jobs.num_overflow,
         "num_overflow": jobs.num_overflow,
+        "num_invalid": out.invalid.sum(),  # jobs sent to a server index outside [0, M)
         "response_time_sum": response_sum,  # steps, overflow at the penalty
         "arrived_work": jnp.where(jobs.valid, jobs.size, 0.0).sum(),
         "rejected_work": jnp.where(out.rejected, jobs.size, 0.0).sum(),

@@ -16,7 +16,8 @@ class Dispatch:
 
     response_time: jax.Array  # (J,) float32, steps; the penalty for a rejected job, 0 for empty slots
     accepted: jax.Array  # (J,) bool
-    rejected: jax.Array  # (J,) bool
+    rejected: jax.Array  # (J,) bool, buffer full or invalid server
+    invalid: jax.Array  # (J,) bool, server index outside [0, M) (also counted as rejected)
     arriving_work: jax.Array  # (M,) float32, accepted work joining each server
 
 
@@ -34,6 +35,19 @@ def work_ahead(server: jax.Array, size: jax.Array, num_servers: int) -> jax.Arra
     return jnp.zeros_like(size).at[order].set(before - before[first])
 
 
+def finish_score(backlog: jax.Array, size: jax.Array, service_rate: jax.Array, beta: float = 0.0) -> jax.Array:
+    """(W + (1 + beta) w) / mu, in steps: at beta = 0 the finish time of work w joining a
+    server that holds W; beta < 0 is the congestion-aware score of the greedies."""
+    return (backlog + (1 + beta) * size) / service_rate
+
+
+def server_totals(server: jax.Array, amount: jax.Array, include: jax.Array, num_servers: int) -> jax.Array:
+    """(M,) sum of `amount` (J,) over the jobs with `include` (J,), per `server` (J,). Excluded
+    jobs go to a sentinel segment M that is cut off, so they add to no server."""
+    target = jnp.where(include, server, num_servers)
+    return jax.ops.segment_sum(jnp.where(include, amount, 0.0), target, num_segments=num_servers + 1)[:num_servers]
+
+
 def dispatch(backlog: jax.Array, service_rate: jax.Array, buffer_work: jax.Array, penalty_steps: jax.Array,
              server: jax.Array, size: jax.Array, valid: jax.Array) -> Dispatch:
     """Send job i (size[i], where valid[i]) to server[i].
@@ -41,6 +55,8 @@ def dispatch(backlog: jax.Array, service_rate: jax.Array, buffer_work: jax.Array
     A job is accepted if its server's backlog plus the work ahead of it and its own size
     fit in the buffer; once a job is rejected, all later jobs at that server in this step
     are too (tail drop: the work ahead counts rejected jobs, so the test is monotone).
+    A job whose server is outside [0, M) is rejected at the penalty and takes no place in
+    any queue.
 
     Args:
       backlog: (M,) work queued at the start of the step.
@@ -52,15 +68,18 @@ def dispatch(backlog: jax.Array, service_rate: jax.Array, buffer_work: jax.Array
       valid: (J,) bool, slot holds a job.
     """
     m = backlog.shape[0]
-    target = jnp.where(valid, server, m)
-    ahead = work_ahead(target, jnp.where(valid, size, 0.0), m)
-    server_backlog = backlog[server]
-    finish_work = server_backlog + ahead + size
-    accepted = valid & (finish_work <= buffer_work[server])
+    invalid = valid & ((server < 0) | (server >= m))
+    queued = valid & ~invalid
+    target = jnp.where(queued, server, m)
+    ahead = work_ahead(target, jnp.where(queued, size, 0.0), m)
+    safe = jnp.where(queued, server, 0)  # gathers read a real server; the result is masked by `queued`
+    finish_work = backlog[safe] + ahead + size
+    accepted = queued & (finish_work <= buffer_work[safe])
     rejected = valid & ~accepted
-    response_time = jnp.where(accepted, finish_work / service_rate[server], jnp.where(rejected, penalty_steps, 0.0))
-    arriving_work = jax.ops.segment_sum(jnp.where(accepted, size, 0.0), target, num_segments=m + 1)[:m]
-    return Dispatch(response_time=response_time, accepted=accepted, rejected=rejected, arriving_work=arriving_work)
+    response_time = jnp.where(accepted, finish_work / service_rate[safe], jnp.where(rejected, penalty_steps, 0.0))
+    arriving_work = server_totals(server, size, accepted, m)
+    return Dispatch(response_time=response_time, accepted=accepted, rejected=rejected, invalid=invalid,
+                    arriving_work=arriving_work)
 
 
 def serve(backlog: jax.Array, arriving_work: jax.Array, service_rate: jax.Array) -> tuple[jax.Array, jax.Array]:

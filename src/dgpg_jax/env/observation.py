@@ -4,7 +4,9 @@ Per job and candidate (size independent of N): log-scaled expected wait, own ser
 time, finish time, finish minus the best finish among the job's candidates (all in mean
 job times), log relative capacity, recent utilisation, reference share; then the job's
 log size and the time of day. Per server, for the centralised critic: log-scaled wait,
-log capacity, recent utilisation, reference share.
+log capacity, recent utilisation, reference share; and global features, among them the
+fraction of the day left, which the critics need because the day ends by truncation
+(the time of day alone is periodic: its last step looks like its first).
 """
 
 import jax
@@ -16,13 +18,18 @@ from dgpg_jax.env.types import EnvParams, EnvState, service_rate
 
 NUM_JOB_FEATURES = 10
 NUM_SERVER_FEATURES = 4
-NUM_GLOBAL_FEATURES = 4
+NUM_GLOBAL_FEATURES = 5
 
 
 def time_features(params: EnvParams, time: jax.Array) -> jax.Array:
     """(2,) sine and cosine of the time of day."""
     phase = 2 * jnp.pi * time / params.horizon
     return jnp.stack([jnp.sin(phase), jnp.cos(phase)])
+
+
+def day_left(params: EnvParams, time: jax.Array) -> jax.Array:
+    """() fraction of the day still to come, 1 at step 0 and 1/T at the last step."""
+    return 1.0 - time / params.horizon
 
 
 def current_reference_share(state: EnvState, params: EnvParams) -> jax.Array:
@@ -55,13 +62,16 @@ def job_observation(state: EnvState, params: EnvParams) -> jax.Array:
 
 
 def server_observation(state: EnvState, params: EnvParams) -> tuple[jax.Array, jax.Array]:
-    """Centralised-critic input: (M, 4) per-server features and (4,) global features
-    (time of day, jobs and work arriving this step relative to the expected)."""
+    """Centralised-critic input: (M, 4) per-server features and (5,) global features
+    (time of day, jobs and work arriving this step relative to the expected, fraction of
+    the day left)."""
     mu = service_rate(params)
     wait = state.backlog / mu / params.mean_job_steps
     per_server = jnp.stack([jnp.log1p(wait), jnp.log(params.capacity), state.recent_utilisation,
                             current_reference_share(state, params)], axis=-1)
     expected = expected_work_rate(params, state.time, state.burst_steps_left > 0)
     jobs = state.jobs
-    arriving = jnp.stack([jobs.valid.sum() + jobs.num_overflow, jobs.size.sum()]) / jnp.maximum(expected, 1e-6)
-    return per_server, jnp.concatenate([time_features(params, state.time), jnp.log1p(arriving)])
+    work = jnp.where(jobs.valid, jobs.size, 0.0).sum()
+    arriving = jnp.stack([jobs.valid.sum() + jobs.num_overflow, work]) / jnp.maximum(expected, 1e-6)
+    return per_server, jnp.concatenate([time_features(params, state.time), jnp.log1p(arriving),
+                                        day_left(params, state.time)[None]])

@@ -15,21 +15,12 @@ import jax.numpy as jnp
 from flax import struct
 
 from dgpg_jax.env.fleet import fleet_capacity
+from dgpg_jax.validation import check, check_choice, check_integer, check_number
 
 CANDIDATE_SAMPLING = ("capacity", "uniform")
-
-
-def _check(name: str, value, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is invalid: allowed {allowed}")
-
-
-def _integer(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+# Largest response time, in mean job times, that the response-time histogram resolves
+# (evaluate.HISTOGRAM_TOP); buffer_time and rejection_penalty bound every response time.
+MAX_RESPONSE_TIME = 1e4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,30 +72,30 @@ class EnvConfig:
 
     def validate(self) -> "EnvConfig":
         """Raise ValueError naming the first invalid field, its value and the allowed range."""
-        _check("num_agents", self.num_agents, _integer(self.num_agents) and self.num_agents >= 1, "an integer >= 1")
-        _check("servers_per_agent", self.servers_per_agent, _finite(self.servers_per_agent) and self.servers_per_agent > 0, "a number > 0")
-        _check("num_candidates", self.num_candidates, _integer(self.num_candidates) and self.num_candidates >= 1, "an integer >= 1")
-        _check("candidate_sampling", self.candidate_sampling, self.candidate_sampling in CANDIDATE_SAMPLING, f"one of {CANDIDATE_SAMPLING}")
-        _check("horizon", self.horizon, _integer(self.horizon) and self.horizon >= 1, "an integer >= 1")
-        _check("mean_job_steps", self.mean_job_steps, _finite(self.mean_job_steps) and self.mean_job_steps > 0, "a number > 0")
-        _check("utilisation", self.utilisation, _finite(self.utilisation) and 0 < self.utilisation <= 1.5, "(0, 1.5]")
-        _check("diurnal_amplitude", self.diurnal_amplitude, _finite(self.diurnal_amplitude) and 0 <= self.diurnal_amplitude < 1, "[0, 1)")
-        _check("burst_rate", self.burst_rate, _finite(self.burst_rate) and self.burst_rate >= 0, "a number >= 0")
-        _check("burst_factor", self.burst_factor, _finite(self.burst_factor) and self.burst_factor >= 1, "a number >= 1")
-        _check("burst_duration", self.burst_duration, _finite(self.burst_duration) and self.burst_duration > 0, "a number > 0")
-        _check("large_fraction", self.large_fraction, _finite(self.large_fraction) and 0 <= self.large_fraction <= 1, "[0, 1]")
-        _check("small_sigma", self.small_sigma, _finite(self.small_sigma) and self.small_sigma >= 0, "a number >= 0")
-        _check("large_shape", self.large_shape, _finite(self.large_shape) and self.large_shape > 0, "a number > 0")
-        _check("large_scale", self.large_scale, _finite(self.large_scale) and self.large_scale > 0, "a number > 0")
-        _check("large_clip", self.large_clip, _finite(self.large_clip) and self.large_clip >= 1, "a number >= 1")
-        _check("buffer_time", self.buffer_time, _finite(self.buffer_time) and self.buffer_time > 0, "a number > 0")
-        _check("rejection_penalty", self.rejection_penalty, _finite(self.rejection_penalty) and self.rejection_penalty >= 0, "a number >= 0")
-        _check("utilisation_average_time", self.utilisation_average_time, _finite(self.utilisation_average_time) and self.utilisation_average_time > 0, "a number > 0")
-        # Sizes are rescaled by their mean in float32: both modes must stay far from overflow.
-        _check("small_sigma", self.small_sigma, math.exp(min(self.small_sigma, 20.0) ** 2 / 2) < 1e30,
-               "a value with exp(small_sigma^2 / 2) < 1e30 (small_sigma < 11.7)")
-        _check("large_scale", self.large_scale, self.large_scale * self.large_clip < 1e30,
-               "a value with large_scale * large_clip < 1e30")
+        check_integer("num_agents", self.num_agents)
+        check_number("servers_per_agent", self.servers_per_agent, 0, low_open=True)
+        check_integer("num_candidates", self.num_candidates)
+        check_choice("candidate_sampling", self.candidate_sampling, CANDIDATE_SAMPLING)
+        check_integer("horizon", self.horizon)
+        check_number("mean_job_steps", self.mean_job_steps, 0, low_open=True)
+        check_number("utilisation", self.utilisation, 0, 1.5, low_open=True)
+        check_number("diurnal_amplitude", self.diurnal_amplitude, 0, 1, high_open=True)
+        check_number("burst_rate", self.burst_rate, 0)
+        check_number("burst_factor", self.burst_factor, 1)
+        check_number("burst_duration", self.burst_duration, 0, low_open=True)
+        check_number("large_fraction", self.large_fraction, 0, 1)
+        # Sizes are drawn in float32 and divided by their mean. These bounds keep every size
+        # a positive normal float32: the smallest likely small job, exp(-6 sigma) >= 1e-13,
+        # over the mean, at most exp(sigma^2 / 2) + large_scale * large_clip <= 1e15 + 3e5,
+        # stays far above float32's 1e-38.
+        check_number("small_sigma", self.small_sigma, 0, 5)
+        check_number("large_shape", self.large_shape, 0, low_open=True)
+        check_number("large_clip", self.large_clip, 1, 1e15)
+        check_number("large_scale", self.large_scale, 0, 1e15 / self.large_clip, low_open=True)
+        check_number("buffer_time", self.buffer_time, 0, MAX_RESPONSE_TIME, low_open=True)
+        check_number("rejection_penalty", self.rejection_penalty, 0, MAX_RESPONSE_TIME)
+        check_number("utilisation_average_time", self.utilisation_average_time, 0, low_open=True)
+        check("memoryless", self.memoryless, isinstance(self.memoryless, bool), "True or False")
         peak = self.peak_arrival_probability
         if peak > 1:
             raise ValueError(
@@ -168,7 +159,6 @@ class EnvParams:
 class Jobs:
     """The jobs arriving in one step, one row per slot, in agent order."""
 
-    agent: jax.Array  # (J,) int32, owning agent (N for an empty slot)
     size: jax.Array  # (J,) float32, work (mean 1); 0 for an empty slot
     candidates: jax.Array  # (J, k) int32, server indices the job may go to
     valid: jax.Array  # (J,) bool, slot holds a job
