@@ -22,11 +22,13 @@ count scale it with `settings.default.max_examples`).
 
 import os
 
-import jax.numpy as jnp
-import pytest
-from hypothesis import HealthCheck, settings
+os.environ.setdefault("DGPG_COMPILATION_CACHE", "off")  # tests compile for themselves (see test_cli)
 
-from dgpg_jax import env
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from dgpg_jax import env  # noqa: E402
 
 settings.register_profile("fast", max_examples=8, deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

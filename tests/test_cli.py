@@ -185,3 +185,52 @@ def test_compare_trains_evaluates_and_writes_one_table(tmp_path, capsys):
     assert json.loads((out_dir / "summary.json").read_text()) == rows
     assert (out_dir / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out_dir / "dgpg" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_compilation_cache_makes_a_repeated_command_compile_nothing(tmp_path):
+    """The CLI's persistent compilation cache: the first run fills $DGPG_COMPILATION_CACHE,
+    and the same command again adds no entry (everything came from the cache)."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "dgpg_jax.cli", "eval", "--policy", "random", "--num-agents", "5",
+            "--horizon", "20", "--episodes", "1", "--seeds", "1", "--json"]
+    cache = tmp_path / "xla"
+
+    def run(setting):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "DGPG_COMPILATION_CACHE": setting})
+        assert done.returncode == 0, done.stderr[-2000:]
+        return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+    first = run(str(cache))
+    assert first, "nothing was cached"
+    assert run(str(cache)) == first
+
+
+def test_compilation_cache_off_and_default_location(monkeypatch, tmp_path):
+    import jax
+
+    monkeypatch.setenv("DGPG_COMPILATION_CACHE", "off")
+    assert cli.enable_compilation_cache() is None
+    monkeypatch.setenv("DGPG_COMPILATION_CACHE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        assert cli.enable_compilation_cache() == str(tmp_path / "dgpg_jax" / "xla")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def test_train_too_big_for_memory_exits_2_before_running(tmp_path, capsys):
+    """10 million seeds: refused with the estimate and what is available, from the compiled
+    programs' memory analysis, before anything runs (no metrics written)."""
+    out_dir = tmp_path / "big"
+    argv = ["train", "--seeds", "10000000", "--num-agents", "5", "--horizon", "20", "--updates-per-episode", "2",
+            "--episodes", "1", "--out", str(out_dir)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs about" in err[0] and "GiB is available" in err[0], err
+    assert not (out_dir / "metrics.jsonl").exists()

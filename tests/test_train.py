@@ -204,6 +204,7 @@ def test_dgpg_reaches_best_fit_level_in_fewer_episodes_than_mappo(curves_50):
 CHECKED = dataclasses.replace(BASE, env=EnvConfig(num_agents=20, horizon=20, mean_job_steps=2.0), num_episodes=2)
 
 
+@pytest.mark.slow
 def test_checkified_run_has_no_nan_anywhere():
     """checkify's float checks see every intermediate, NaNs and divisions by zero hidden by
     a `where` included (jax_debug_nans on a compiled program sees only its outputs). DG-PG
@@ -524,6 +525,7 @@ print(json.dumps(np.asarray(logs.ratio_to_best_fit).tolist()))
 """
 
 
+@pytest.mark.slow
 def test_vmap_of_whole_train_completes():
     """jax.jit(jax.vmap(train))(keys), the documented way to run seeds, in a subprocess so
     that a hang fails the test instead of stalling the suite. On the 2-core CPU it hung in

@@ -1,8 +1,9 @@
-"""The `dgpg` command: eval, train, compare.
+"""The `dgpg` command: eval, train, compare, sweep.
 
     dgpg eval --policy all --num-agents 200 --episodes 3 --seeds 2
     dgpg train --algo dgpg --num-agents 200 --episodes 20 --seeds 2 --out runs/dgpg
     dgpg compare --num-agents 200 --episodes 20 --seeds 2 --out runs/main
+    dgpg sweep --algo dgpg,mappo --num-agents 20,200 --episodes 20 --seeds 64 --grid alpha=0.2,0.6 --out runs/sweep
 
 Invalid settings end with a one-line message and exit status 2, before any compilation.
 """
@@ -14,9 +15,7 @@ import ast
 import dataclasses
 import inspect
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 from dgpg_jax.env import EnvConfig
@@ -136,20 +135,13 @@ def _print_table(rows: list[dict], columns: list[tuple[str, str, str]], title: s
     Console(width=max(console.width, 132)).print(table)
 
 
-def _json_safe(value):
-    """NaN and infinities (a ratio with no jobs to compare) become null: JSON has no NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _emit(rows: list[dict], columns, title: str, as_json: bool) -> None:
     """One JSON object per line, or a table."""
     if as_json:
+        from dgpg_jax.runner import json_safe
+
         for row in rows:
-            print(json.dumps({key: _json_safe(value) for key, value in row.items()}, allow_nan=False))
+            print(json.dumps(json_safe(row), allow_nan=False))
     else:
         _print_table(rows, columns, title)
 
@@ -160,7 +152,7 @@ def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[status]}"), console=Console(stderr=True), transient=False)
+                    TextColumn("{task.fields[status]}"), console=Console(stderr=True), transient=True)
 
 
 EVAL_COLUMNS = [("policy", "policy", ""), ("mean_response_time", "mean RT", ".3f"),
@@ -320,6 +312,71 @@ COMPARE_COLUMNS = [("policy", "policy", ""), ("mean_response_time", "mean RT", "
                    ("wall_seconds", "wall s", ".1f"), ("compile_seconds", "compile s", ".1f")]
 
 
+# ----------------------------------------------------------------------------- sweep
+
+def cmd_sweep(args) -> None:
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from dgpg_jax import algorithms, sweep
+    from dgpg_jax.runner import FINAL_WINDOW
+
+    _check_run_flags(args)
+    if args.episodes_per_call != 1:
+        raise ValueError(f"episodes_per_call={args.episodes_per_call!r} is invalid for a sweep: a chunk runs all "
+                         "its episodes in one program; allowed 1 (the default)")
+    algos = _comma_list("algo", args.algo, f"algorithm names {algorithms.ALGORITHMS}")
+    sizes = _comma_list("num_agents", args.num_agents, "integers >= 1")
+    if not all(size.isdigit() for size in sizes):
+        raise ValueError(f"num_agents={args.num_agents!r} is invalid: allowed integers >= 1, comma separated")
+    grid = []
+    for spec in args.grid or []:
+        name, equals, values = spec.partition("=")
+        if not equals or not name.strip():
+            raise ValueError(f"grid={spec!r} is invalid: allowed NAME=v1,v2,... with NAME one of {sweep.GRID_NAMES}")
+        items = _comma_list(f"grid {name.strip()}", values, "numbers")
+        try:
+            grid.append((name.strip(), tuple(float(item) for item in items)))
+        except ValueError:
+            raise ValueError(f"grid {name.strip()}={values!r} is invalid: allowed numbers, comma separated") from None
+    base = _train_config(args, algos[0])
+    spec = sweep.Sweep(base, algos=tuple(algos), num_agents=tuple(int(size) for size in sizes), grid=tuple(grid),
+                       seeds=args.seeds, seed=args.seed).validate()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                        console=Console(stderr=True), transient=False)
+    with progress:
+        task = progress.add_task("sweep chunks", total=None, status="planning")
+
+        def on_progress(event):
+            if event["event"] == "planned":
+                progress.update(task, total=max(event["total"] - event["skipped"], 1),
+                                status=f"{event['skipped']} chunks already done")
+            elif event["event"] == "compiling":
+                progress.update(task, status=f"compiling {event['group']}")
+            else:
+                progress.update(task, advance=1, status=f"{event['group']} chunk {event['index']} written")
+
+        result = sweep.run_sweep(spec, Path(args.out), chunk_seeds=args.chunk_seeds, on_progress=on_progress,
+                                 bootstrap_reps=args.bootstrap_reps)
+    if args.json:
+        print(json.dumps(result, allow_nan=False))
+        return
+    names = [f"grid_{name}" for name in spec.grid_names]
+    rows = [{**c, "ci_low": c["final_ratio_to_best_fit_ci95"][0], "ci_high": c["final_ratio_to_best_fit_ci95"][1]}
+            for c in result["configurations"]]
+    columns = ([("algo", "algo", ""), ("num_agents", "N", "")] + [(n, n.removeprefix("grid_"), "g") for n in names]
+               + [("seeds_done", "seeds", ""), ("final_ratio_to_best_fit_mean", "/ Best-Fit mean", ".3f"),
+                  ("ci_low", "CI low", ".3f"), ("ci_high", "CI high", ".3f"),
+                  ("final_ratio_to_best_fit_iqm", "IQM", ".3f"), ("final_mean_response_time", "mean RT", ".3f"),
+                  ("final_p99_response_time", "p99", ".2f"), ("episodes_to_converge_mean", "episodes to converge",
+                                                              ".1f")])
+    _emit(rows, columns, f"sweep: {result['chunks_run']} chunks run, {result['chunks_skipped']} skipped; final "
+          f"{FINAL_WINDOW} episodes, per-seed ratio to Best-Fit, 95% stratified-bootstrap CI (rliable); {UNITS}; "
+          f"written to {args.out}", False)
+
+
 # ----------------------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,11 +411,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     _add_env_flags(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", conflict_handler="resolve",
+                       help="seeds x grid x algorithms x N in memory-sized chunks over every device; resumable")
+    p.add_argument("--algo", default="dgpg", help="comma list of algorithms (default dgpg)")
+    p.add_argument("--out", required=True, help="sweep directory (a restart with the same arguments continues it)")
+    p.add_argument("--grid", action="append", metavar="NAME=V1,V2",
+                   help="values of a traced setting (alpha, alpha_start, alpha_end, learning_rate, utilisation); "
+                        "repeat for a cartesian product")
+    p.add_argument("--chunk-seeds", type=int,
+                   help="runs (grid point x seed) per chunk (default: from the compiled program's memory analysis)")
+    p.add_argument("--bootstrap-reps", type=int, default=2000, help="bootstrap replications of the CIs (default 2000)")
+    _add_run_flags(p, episodes=20, seeds=8)
+    _add_train_flags(p)
+    _add_env_flags(p)
+    p.add_argument("--num-agents", default="20", help="comma list of N (default 20)")
+    p.set_defaults(func=cmd_sweep)
     return parser
+
+
+CACHE_VARIABLE = "DGPG_COMPILATION_CACHE"
+
+
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache, so that a repeated command compiles
+    nothing: in $DGPG_COMPILATION_CACHE if set ("off" turns it off), else in the user's
+    cache directory ($XDG_CACHE_HOME or ~/.cache, then dgpg_jax/xla). Returns the path."""
+    import os
+
+    import jax
+
+    setting = os.environ.get(CACHE_VARIABLE, "")
+    if setting.lower() == "off":
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = setting or os.path.join(base, "dgpg_jax", "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # skip only trivial programs
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    enable_compilation_cache()
     try:
         args.func(args)
     except ValueError as error:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from dgpg_jax import memory
 from dgpg_jax.baselines import BASELINES
 from dgpg_jax.env.core import reset, step
 from dgpg_jax.env.types import MAX_RESPONSE_TIME, EnvParams, EnvState
@@ -192,14 +193,18 @@ def episode_key(run_key: jax.Array, episode: jax.Array) -> jax.Array:
 
 
 def evaluate(act: Act, params: EnvParams, run_keys: jax.Array, num_episodes: int,
-             first_episode: int = 0) -> EpisodeMetrics:
-    """Metrics of shape [S, E] for `act` on episodes first..first+E-1 of each run key (S,)."""
+             first_episode: int = 0, seeds_per_batch: int | None = None) -> EpisodeMetrics:
+    """Metrics of shape [S, E] for `act` on episodes first..first+E-1 of each run key (S,).
+    Seeds run `seeds_per_batch` at a time (a `lax.map` over batches of a `vmap`), all at
+    once by default; the results do not depend on it (up to float32 rounding)."""
 
     def one_run(run_key):
         episodes = first_episode + jnp.arange(num_episodes)
         return jax.lax.map(lambda e: run_episode(act, params, episode_key(run_key, e)), episodes)
 
-    return jax.vmap(one_run)(run_keys)
+    if seeds_per_batch is None or seeds_per_batch >= run_keys.shape[0]:
+        return jax.vmap(one_run)(run_keys)
+    return jax.lax.map(one_run, run_keys, batch_size=seeds_per_batch)
 
 
 def evaluate_policies(policies: list[tuple[str, Act]], params: EnvParams, run_keys: jax.Array, num_episodes: int,
@@ -216,12 +221,21 @@ def evaluate_policies(policies: list[tuple[str, Act]], params: EnvParams, run_ke
     if "best_fit" not in names:
         acts.append(BASELINES["best_fit"])
 
-    def one_policy(index):
-        def act(key, state, env_params):
-            return jax.lax.switch(index, acts, key, state, env_params)
-        return evaluate(act, params, run_keys, num_episodes, first_episode)
+    def program(seeds_per_batch):
+        def one_policy(index):
+            def act(key, state, env_params):
+                return jax.lax.switch(index, acts, key, state, env_params)
+            return evaluate(act, params, run_keys, num_episodes, first_episode, seeds_per_batch)
 
-    everything = jax.jit(lambda: jax.lax.map(one_policy, jnp.arange(len(acts))))()
+        return jax.jit(lambda: jax.lax.map(one_policy, jnp.arange(len(acts)))).lower().compile()
+
+    # Too many seeds for the free memory: the same program over batches of seeds that fit;
+    # what does not fit even one seed at a time is refused.
+    compiled, seeds = program(None), int(run_keys.shape[0])
+    if seeds > 1 and memory.program_bytes(compiled) > memory.FRACTION * memory.available_bytes():
+        compiled = program(max(1, memory.seeds_that_fit(memory.program_bytes(compiled) / seeds)))
+    memory.check_fits(compiled, f"evaluating {seeds} seeds at N={params.num_agents}", "fewer --num-agents")
+    everything = compiled()
     metrics = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), everything) for i in range(len(acts))]
     best_fit = metrics[names.index("best_fit")] if "best_fit" in names else metrics[-1]
     return [{"policy": name, "num_agents": params.num_agents, "num_servers": params.num_servers,

@@ -7,6 +7,7 @@ over seeds); calls of K episodes give the same numbers as calls of any other len
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from dgpg_jax import checkpoint, train
+from dgpg_jax import checkpoint, memory, train
 from dgpg_jax.evaluate import EpisodeMetrics, episodes_to_converge, pool, ratio_of_means, seed_keys
 from dgpg_jax.validation import check_integer
 
@@ -75,7 +76,27 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
     keys = seed_keys(seed, num_seeds)
     hyper = train.default_hyper(config)
     start = time.perf_counter()
-    init = jax.jit(jax.vmap(lambda k: train.init_runner(learner, k, hyper)))
+    what = f"training {num_seeds} seeds at N={config.env.num_agents}"
+    hint = "fewer --seeds or --num-agents"
+    t0 = time.perf_counter()
+    lowered = jax.jit(jax.vmap(lambda k: train.init_runner(learner, k, hyper))).lower(keys)
+    init = lowered.compile()
+    compile_seconds = time.perf_counter() - t0
+    memory.check_fits(init, what, hint)
+    compiled: dict[int, Callable] = {}
+
+    def program(count: int):
+        """The compiled call of `count` episodes, checked against the free memory."""
+        nonlocal compile_seconds
+        if count not in compiled:
+            t0 = time.perf_counter()
+            call = jax.jit(jax.vmap(lambda r, k, n=count: train.train_episodes(learner, r, k, hyper, n)))
+            compiled[count] = call.lower(lowered.out_info, keys).compile()
+            compile_seconds += time.perf_counter() - t0
+            memory.check_fits(compiled[count], what, hint)
+        return compiled[count]
+
+    program(min(episodes_per_call, config.num_episodes))  # refuse an oversized run before it starts
     runner = init(keys)
     parts: list[train.EpisodeLog] = []
     if resume is not None:
@@ -83,17 +104,10 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
         parts.append(read_metrics(Path(resume) / "metrics.jsonl", num_seeds, int(runner.episode[0])))
     if out_dir is not None:
         checkpoint.save_config(out_dir, config, seed, num_seeds)
-    compiled: dict[int, Callable] = {}
-    compile_seconds = 0.0
     done = int(runner.episode[0])
     while done < config.num_episodes:
         count = min(episodes_per_call, config.num_episodes - done)
-        if count not in compiled:
-            t0 = time.perf_counter()
-            call = jax.jit(jax.vmap(lambda r, k, n=count: train.train_episodes(learner, r, k, hyper, n)))
-            compiled[count] = call.lower(runner, keys).compile()
-            compile_seconds += time.perf_counter() - t0
-        runner, logs = compiled[count](runner, keys)
+        runner, logs = program(count)(runner, keys)
         parts.append(jax.tree.map(np.asarray, logs))
         done += count
         stacked = _concatenate(parts)
@@ -161,3 +175,17 @@ def read_metrics(path: Path, num_seeds: int, episodes: int) -> train.EpisodeLog:
         values = values.astype(np.int32 if values.dtype.kind == "i" else np.float32)
         columns[name] = values.reshape((num_seeds, episodes) + values.shape[1:])
     return log_from_columns(columns)
+
+
+def json_safe(value):
+    """`value` with NaN and infinities as None (JSON has no NaN) and numpy scalars as Python
+    numbers, through dicts, lists and tuples."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

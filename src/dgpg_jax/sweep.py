@@ -1,0 +1,537 @@
+"""Sweeps: many seeds x a grid of traced hyperparameters x algorithms x N, in memory-sized
+chunks over every local device, streamed to a directory and resumable.
+
+    sweep = Sweep(TrainConfig(num_episodes=20), algos=("dgpg", "mappo"), num_agents=(20, 200),
+                  grid={"alpha": (0.2, 0.6)}, seeds=64)
+    result = run_sweep(sweep, Path("runs/sweep"))
+
+Configurations are algo x N x the cartesian product of the grids. The grid names are the
+traced `train.Hyper` fields (`alpha` sets alpha_start and alpha_end): for one (algo, N)
+every (grid point, seed) pair is one item of a flat axis, run in chunks of C items by
+ONE compiled program, `jit(vmap(key, hyper -> train_episodes(...)))`, whose chunk axis is
+sharded over a 1-D mesh of all local devices. Shapes (the job slots J and the packed
+update rows) are sized for the largest `utilisation` of the grid; each point's value
+enters as `Hyper.utilisation`.
+
+Seed s is the run key `evaluate.seed_keys(s, 1)[0]`: the run of `dgpg train --seed s
+--seeds 1` with the same flags (and the grid point's values), whatever the chunk size and
+the device count. A sweep's seeds are seed, seed + 1, ..., seed + seeds - 1.
+
+The directory holds sweep.json (the arguments, and the chunk size chosen per (algo, N)),
+chunks/<algo>-n<N>-<index>.json (one per finished chunk, written atomically), rows.jsonl
+(every chunk's rows: `pandas.read_json(DIR / "rows.jsonl", lines=True)`), summary.json and
+final_ratio.png. A restarted sweep skips every chunk whose file exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dgpg_jax import checkpoint, evaluate, memory, train
+from dgpg_jax.runner import FINAL_WINDOW, json_safe, log_columns
+from dgpg_jax.validation import check, check_integer, is_integer, is_number
+
+GRID_NAMES = ("alpha", "alpha_start", "alpha_end", "learning_rate", "utilisation")
+"""Traced values a grid may cover (`train.Hyper`); `alpha` sets alpha_start and alpha_end."""
+PROBE_ITEMS_PER_DEVICE = 4
+"""Items per device of the program compiled to read its memory analysis."""
+MEMORY_FRACTION = 0.5
+"""Share of the available memory a chunk may take."""
+HISTOGRAM_COLUMNS = ("response_time_histogram", "best_fit_response_time_histogram")
+FORMAT_VERSION = 1
+
+_PROGRAMS: dict[tuple, jax.stages.Compiled] = {}  # compiled chunk programs, reused within a process
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """What a sweep runs. `base` gives every setting but the algorithm and N (its
+    `num_episodes` is the episodes per run); `grid` maps names of GRID_NAMES to values."""
+
+    base: train.TrainConfig
+    algos: tuple[str, ...] = ("dgpg",)
+    num_agents: tuple[int, ...] = (20,)
+    grid: tuple[tuple[str, tuple[float, ...]], ...] | Mapping[str, Sequence[float]] = ()
+    seeds: int = 8
+    seed: int = 0
+    """First seed; the sweep runs seeds seed .. seed + seeds - 1."""
+
+    def __post_init__(self):
+        grid = self.grid.items() if isinstance(self.grid, Mapping) else self.grid
+        object.__setattr__(self, "grid", tuple((str(name), tuple(values)) for name, values in grid))
+        object.__setattr__(self, "algos", tuple(self.algos))
+        object.__setattr__(self, "num_agents", tuple(self.num_agents))
+
+    @property
+    def grid_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.grid)
+
+    @property
+    def episodes(self) -> int:
+        return self.base.num_episodes
+
+    @property
+    def seed_values(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.seeds))
+
+    def points(self) -> list[dict[str, float]]:
+        """The grid points, {name: value}, in the cartesian order of the grid."""
+        values = [[float(v) for v in vs] for _, vs in self.grid]
+        return [dict(zip(self.grid_names, combo)) for combo in itertools.product(*values)]
+
+    def groups(self) -> list[tuple[str, int]]:
+        """(algo, N) pairs: one compiled program each."""
+        return [(algo, n) for algo in self.algos for n in self.num_agents]
+
+    def configurations(self) -> list[dict]:
+        """Every configuration: algo, num_agents and grid_<name> values."""
+        return [configuration(algo, n, point) for algo, n in self.groups() for point in self.points()]
+
+    def group_config(self, algo: str, num_agents: int) -> train.TrainConfig:
+        """The config whose shapes the (algo, N) program has: utilisation at the grid's largest."""
+        env = dataclasses.replace(self.base.env, num_agents=num_agents)
+        if "utilisation" in self.grid_names:
+            env = dataclasses.replace(env, utilisation=max(float(v) for v in dict(self.grid)["utilisation"]))
+        return dataclasses.replace(self.base, algo=algo, env=env)
+
+    def point_config(self, algo: str, num_agents: int, point: Mapping[str, float]) -> train.TrainConfig:
+        """The config of one grid point: `train.default_hyper` of it is the point's Hyper, and
+        `dgpg train` with it runs the point (its shapes sized for its own utilisation)."""
+        config = dataclasses.replace(self.base, algo=algo, env=dataclasses.replace(self.base.env,
+                                                                                    num_agents=num_agents))
+        return _apply(config, point)
+
+    def validate(self) -> "Sweep":
+        """Raise ValueError naming the first invalid setting or grid value; nothing is traced."""
+        check("algos", self.algos, len(self.algos) >= 1 and len(set(self.algos)) == len(self.algos),
+              "a non-empty list of distinct algorithm names")
+        check("num_agents", self.num_agents,
+              len(self.num_agents) >= 1 and len(set(self.num_agents)) == len(self.num_agents)
+              and all(is_integer(n) for n in self.num_agents), "a non-empty list of distinct integers")
+        check_integer("seeds", self.seeds)
+        check_integer("seed", self.seed, minimum=0, maximum=2**32 - 1)
+        check("seeds", self.seeds, self.seed + self.seeds - 1 <= 2**32 - 1,
+              f"at most {2**32 - self.seed} from seed {self.seed} (seeds are below 2^32)")
+        if callable(self.base.potential):
+            raise ValueError("potential is a function: a sweep saves its arguments; allowed a named potential")
+        names = self.grid_names
+        for name, values in self.grid:
+            check("grid", name, name in GRID_NAMES, f"one of {GRID_NAMES}")
+            check(f"grid {name}", list(values), len(values) >= 1, "at least one value")
+            check(f"grid {name}", list(values), all(is_number(v) for v in values), "numbers, finite in float32")
+            check(f"grid {name}", list(values), len({float(v) for v in values}) == len(values),
+                  "each value at most once")
+        check("grid", list(names), len(set(names)) == len(names), "each name at most once")
+        if "alpha" in names and ({"alpha_start", "alpha_end"} & set(names)):
+            raise ValueError("grid alpha is invalid with grid alpha_start or alpha_end: alpha sets both; "
+                             "allowed alpha alone, or alpha_start and/or alpha_end")
+        for algo, n in self.groups():
+            base = dataclasses.replace(self.base, algo=algo, env=dataclasses.replace(self.base.env, num_agents=n))
+            base.validate()
+            for name, values in self.grid:
+                for value in values:
+                    try:
+                        _apply(base, {name: float(value)}).validate()
+                    except ValueError as error:
+                        raise ValueError(f"grid {name}={value!r} (algo {algo}, N={n}): {error}") from None
+            self.group_config(algo, n).validate()
+        return self
+
+    def arguments(self, chunk_seeds: int | None) -> dict:
+        """What sweep.json records; a restart must give the same."""
+        config = _flatten(dataclasses.asdict(self.base))
+        for name in ("algo", "env.num_agents"):
+            config.pop(name)
+        out = {"format": FORMAT_VERSION, "algos": list(self.algos), "num_agents": list(self.num_agents),
+               "grid": [[name, [float(v) for v in values]] for name, values in self.grid],
+               "seeds": self.seeds, "seed": self.seed, "episodes": self.episodes, "chunk_seeds": chunk_seeds,
+               "config": config}
+        return json.loads(json.dumps(out))
+
+
+def configuration(algo: str, num_agents: int, point: Mapping[str, float]) -> dict:
+    return {"algo": algo, "num_agents": num_agents, **{f"grid_{name}": float(v) for name, v in point.items()}}
+
+
+def _apply(config: train.TrainConfig, point: Mapping[str, float]) -> train.TrainConfig:
+    fields: dict = {}
+    for name, value in point.items():
+        if name == "alpha":
+            fields["alpha_start"] = fields["alpha_end"] = float(value)
+        elif name == "utilisation":
+            fields["env"] = dataclasses.replace(fields.get("env", config.env), utilisation=float(value))
+        else:
+            fields[name] = float(value)
+    return dataclasses.replace(config, **fields)
+
+
+def _flatten(fields: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in fields.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+# ----------------------------------------------------------------------------- programs and memory
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh `seed` over every local device."""
+    devices = jax.devices()
+    return jax.make_mesh((len(devices),), ("seed",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def chunk_program(learner: train.Learner, episodes: int, batch: int, mesh: jax.sharding.Mesh):
+    """The compiled `(keys [B], Hyper of [B]) -> EpisodeLog [B, E]` of one (algo, N), the
+    batch axis sharded over `mesh`. Cached per (config, episodes, batch, devices)."""
+    cache_key = (learner.config, episodes, batch, tuple(mesh.devices.flat))
+    if cache_key not in _PROGRAMS:
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+
+        def one(key, hyper):
+            return train.train_episodes(learner, train.init_runner(learner, key, hyper), key, hyper, episodes)[1]
+
+        program = jax.jit(jax.vmap(one), in_shardings=(sharding, sharding), out_shardings=sharding)
+        keys = jax.ShapeDtypeStruct((batch,), jax.random.key(0).dtype, sharding=sharding)
+        hyper = train.Hyper(*[jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=sharding)] * 4)
+        _PROGRAMS[cache_key] = program.lower(keys, hyper).compile()
+    return _PROGRAMS[cache_key]
+
+
+def available_bytes() -> tuple[int, str]:
+    """Free memory of one device (`memory.available_bytes`) and where the figure comes from."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    source = f"{device.platform} bytes_limit" if stats and "bytes_limit" in stats else \
+        f"host available memory / {jax.local_device_count()} host devices"
+    return memory.available_bytes(device), source
+
+
+def choose_chunk_size(learner: train.Learner, episodes: int, total_items: int,
+                      mesh: jax.sharding.Mesh) -> tuple[int, dict]:
+    """The largest chunk (a multiple of the device count, at most the items rounded up)
+    whose estimate fits MEMORY_FRACTION of a device's memory; chunks are then evened out.
+    The estimate: the program compiled at PROBE_ITEMS_PER_DEVICE items per device, its
+    memory analysis divided by those items. Raises ValueError when one item per device
+    cannot fit even the whole memory."""
+    devices = mesh.devices.size
+    probe = PROBE_ITEMS_PER_DEVICE * devices
+    probe_bytes = memory.program_bytes(chunk_program(learner, episodes, probe, mesh))
+    per_item = probe_bytes / PROBE_ITEMS_PER_DEVICE
+    available, source = available_bytes()
+    per_device = max(1, int(available * MEMORY_FRACTION // per_item)) if per_item > 0 else total_items
+    if per_item > available:
+        raise ValueError(f"one run of algo {learner.config.algo} at N={learner.config.env.num_agents} needs about "
+                         f"{per_item / 2**30:.2f} GiB per device ({source}: {available / 2**30:.2f} GiB available): "
+                         "allowed a smaller N, horizon or network")
+    largest = min(per_device * devices, _round_up(total_items, devices))
+    chunks = math.ceil(total_items / largest)
+    chunk = _round_up(math.ceil(total_items / chunks), devices)
+    return chunk, {"probe_items": probe, "probe_bytes": probe_bytes, "bytes_per_item": per_item,
+                   "available_bytes": available, "available_source": source,
+                   "memory_fraction": MEMORY_FRACTION, "largest_chunk": per_device * devices}
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+# ----------------------------------------------------------------------------- files
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _group_name(algo: str, n: int) -> str:
+    return f"{algo}-n{n}"
+
+
+def chunk_path(out_dir: Path, algo: str, n: int, index: int) -> Path:
+    return Path(out_dir) / "chunks" / f"{_group_name(algo, n)}-{index}.json"
+
+
+def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> dict:
+    """Create or reopen DIR; refuse other arguments. Returns sweep.json's content."""
+    out_dir = checkpoint.prepare_run_dir(Path(out_dir))
+    (out_dir / "chunks").mkdir(exist_ok=True)
+    for stale in (out_dir / "chunks").glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    arguments = sweep.arguments(chunk_seeds)
+    path = out_dir / "sweep.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            old = saved["arguments"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"out={str(out_dir)!r} holds a sweep.json not written by `dgpg sweep`: "
+                             "allowed another directory") from None
+        if old != arguments:
+            flat_old, flat_new = _flatten(old), _flatten(arguments)
+            name = next(k for k in list(flat_new) + list(flat_old) if flat_new.get(k) != flat_old.get(k))
+            raise ValueError(f"out={str(out_dir)!r} holds a sweep with other arguments: {name}="
+                             f"{flat_new.get(name)!r} differs from its {flat_old.get(name)!r}; allowed the same "
+                             "arguments (to continue it) or another directory")
+        return saved
+    saved = {"arguments": arguments, "plans": {}}
+    _write_atomic(path, json.dumps(saved, indent=2) + "\n")
+    return saved
+
+
+def read_chunks(out_dir: Path) -> list[dict]:
+    """Every finished chunk of DIR, in group order then index order."""
+    docs = [json.loads(p.read_text()) for p in (Path(out_dir) / "chunks").glob("*.json")]
+    return sorted(docs, key=lambda d: (d["group_index"], d["index"]))
+
+
+def _write_rows(out_dir: Path, docs: list[dict]) -> None:
+    lines = [json.dumps(row, allow_nan=False) for doc in docs for row in doc["rows"]]
+    _write_atomic(Path(out_dir) / "rows.jsonl", "".join(line + "\n" for line in lines))
+
+
+# ----------------------------------------------------------------------------- running
+
+def _chunk_doc(sweep: Sweep, group_index: int, algo: str, n: int, index: int, items: list[tuple[int, int]],
+               logs: train.EpisodeLog) -> dict:
+    """The rows (one per item and episode) and final-window histograms of one chunk."""
+    points, seeds = sweep.points(), sweep.seed_values
+    columns = log_columns(logs)
+    scalars = {k: v for k, v in columns.items() if k not in HISTOGRAM_COLUMNS}
+    window = min(FINAL_WINDOW, sweep.episodes)
+    rows, histograms = [], []
+    for b, (p, s) in enumerate(items):
+        config = configuration(algo, n, points[p])
+        for e in range(sweep.episodes):
+            values = {k: _json_number(np.asarray(v[b, e]).item()) for k, v in scalars.items()}
+            rows.append({**config, "seed": seeds[s], "episode": e + 1, **values})
+        histograms.append({**config, "seed": seeds[s],
+                           "learner": np.asarray(columns["response_time_histogram"][b, -window:]).sum(0).tolist(),
+                           "best_fit": np.asarray(columns["best_fit_response_time_histogram"][b, -window:])
+                           .sum(0).tolist()})
+    return {"group": _group_name(algo, n), "group_index": group_index, "index": index,
+            "items": [list(item) for item in items], "rows": rows, "final_histograms": histograms}
+
+
+def _json_number(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_chunks: int | None = None,
+              on_progress: Callable[[dict], None] | None = None, bootstrap_reps: int = 2000) -> dict:
+    """Run (or continue) `sweep` into `out_dir`; returns the result (also summary.json).
+
+    chunk_seeds: items per chunk (rounded up to a multiple of the device count); None
+    chooses it from the compiled program's memory analysis (`choose_chunk_size`). The
+    choice is saved in sweep.json and reused by a restart. max_chunks: stop after running
+    that many chunks (the rest stay to do). on_progress(event): called with
+    {"event": "planned", "total", "skipped"} once, {"event": "compiling", "group"} before
+    each compile and {"event": "chunk", "group", "index", "done", "total"} after each chunk
+    is written."""
+    sweep.validate()
+    if chunk_seeds is not None:
+        check_integer("chunk_seeds", chunk_seeds)
+    if max_chunks is not None:
+        check_integer("max_chunks", max_chunks, minimum=0)
+    check_integer("bootstrap_reps", bootstrap_reps)
+    out_dir = Path(out_dir)
+    saved = _open_dir(sweep, out_dir, chunk_seeds)
+    mesh = make_mesh()
+    devices = mesh.devices.size
+    total_items = len(sweep.points()) * sweep.seeds
+    notify = on_progress or (lambda event: None)
+
+    groups = []
+    for g, (algo, n) in enumerate(sweep.groups()):
+        learner = train.make_learner(sweep.group_config(algo, n))
+        name = _group_name(algo, n)
+        plan = saved["plans"].get(name)
+        if plan is None:
+            if chunk_seeds is not None:
+                plan = {"chunk_seeds": _round_up(chunk_seeds, devices), "source": "--chunk-seeds"}
+            else:
+                notify({"event": "compiling", "group": name})
+                size, estimate = choose_chunk_size(learner, sweep.episodes, total_items, mesh)
+                plan = {"chunk_seeds": size, "source": "memory analysis", "memory": estimate}
+            saved["plans"][name] = plan
+            _write_atomic(out_dir / "sweep.json", json.dumps(saved, indent=2) + "\n")
+        size = plan["chunk_seeds"]
+        count = math.ceil(total_items / size)
+        done = [i for i in range(count) if chunk_path(out_dir, algo, n, i).exists()]
+        groups.append({"algo": algo, "num_agents": n, "learner": learner, "index": g, "chunk_seeds": size,
+                       "batch": _round_up(size, devices), "chunks": count, "done": set(done), "plan": plan})
+    skipped = sum(len(group["done"]) for group in groups)
+    total = sum(group["chunks"] for group in groups)
+    notify({"event": "planned", "total": total, "skipped": skipped})
+
+    run, finished, start = 0, skipped, time.perf_counter()
+    keys_of_seeds = jnp.stack([evaluate.seed_keys(s, 1)[0] for s in sweep.seed_values])
+    hypers_of_points = [np.array([[np.asarray(leaf) for leaf in train.default_hyper(
+        sweep.point_config(group["algo"], group["num_agents"], p))] for p in sweep.points()], np.float32)
+        for group in groups]  # [groups] of (points, 4): the Hyper fields of each grid point
+    reports = []
+    for group, hypers in zip(groups, hypers_of_points):
+        report = {"algo": group["algo"], "num_agents": group["num_agents"], "chunk_seeds": group["chunk_seeds"],
+                  "batch": group["batch"], "devices": devices, "chunks": group["chunks"],
+                  "chunks_skipped": len(group["done"]), "chunks_run": 0, "plan": group["plan"],
+                  "compile_seconds": 0.0, "run_seconds": 0.0}
+        reports.append(report)
+        todo = [i for i in range(group["chunks"]) if i not in group["done"]]
+        if not todo or (max_chunks is not None and run >= max_chunks):
+            continue
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+        notify({"event": "compiling", "group": _group_name(group["algo"], group["num_agents"])})
+        t0 = time.perf_counter()
+        program = chunk_program(group["learner"], sweep.episodes, group["batch"], mesh)
+        report["compile_seconds"] = time.perf_counter() - t0
+        report["program_bytes"] = memory.program_bytes(program)
+        for index in todo:
+            if max_chunks is not None and run >= max_chunks:
+                break
+            t0 = time.perf_counter()
+            first = index * group["chunk_seeds"]
+            items = [divmod(i, sweep.seeds) for i in range(first, min(first + group["chunk_seeds"], total_items))]
+            padded = items + [items[-1]] * (group["batch"] - len(items))  # repeats, dropped below
+            keys = jax.device_put(keys_of_seeds[jnp.array([s for _, s in padded])], sharding)
+            table = hypers[np.array([p for p, _ in padded])]
+            hyper = train.Hyper(*(jax.device_put(table[:, i], sharding) for i in range(len(train.Hyper._fields))))
+            logs = jax.tree.map(lambda x: np.asarray(x)[: len(items)], program(keys, hyper))
+            doc = _chunk_doc(sweep, group["index"], group["algo"], group["num_agents"], index, items, logs)
+            _write_atomic(chunk_path(out_dir, group["algo"], group["num_agents"], index), json.dumps(doc) + "\n")
+            _write_rows(out_dir, read_chunks(out_dir))
+            run += 1
+            finished += 1
+            report["chunks_run"] += 1
+            report["run_seconds"] += time.perf_counter() - t0
+            notify({"event": "chunk", "group": _group_name(group["algo"], group["num_agents"]), "index": index,
+                    "done": finished, "total": total})
+
+    docs = read_chunks(out_dir)
+    _write_rows(out_dir, docs)
+    configurations = summarise(sweep, docs, bootstrap_reps)
+    result = {"out": str(out_dir), "chunks_run": run, "chunks_skipped": skipped, "chunks_total": total,
+              "complete": finished == total, "seeds": sweep.seeds, "episodes": sweep.episodes,
+              "final_window": min(FINAL_WINDOW, sweep.episodes), "grid": list(sweep.grid_names),
+              "wall_seconds": time.perf_counter() - start, "groups": reports, "configurations": configurations}
+    result = json_safe(result)
+    _write_atomic(out_dir / "summary.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+    plot_final_ratio(configurations, sweep.grid_names, out_dir / "final_ratio.png")
+    return result
+
+
+def summarise(sweep: Sweep, docs: list[dict], bootstrap_reps: int = 2000) -> list[dict]:
+    """Per configuration, from the chunk files: seeds done; the mean and the interquartile
+    mean over seeds of the per-seed final ratio to Best-Fit (the ratio of the pooled means
+    of the final FINAL_WINDOW episodes, as RunResult.summary's per-seed ratio) with 95%
+    stratified-bootstrap CIs (rliable, seeded with 0, `bootstrap_reps` replications); the
+    final mean and p99 response time pooled over seeds, Best-Fit's too; the mean episodes
+    to converge."""
+    from rliable import library, metrics
+
+    window = min(FINAL_WINDOW, sweep.episodes)
+    rows_of: dict[tuple, dict[int, list[dict]]] = {}
+    hist_of: dict[tuple, dict[int, dict]] = {}
+    names = ["algo", "num_agents"] + [f"grid_{name}" for name in sweep.grid_names]
+    for doc in docs:
+        for row in doc["rows"]:
+            rows_of.setdefault(tuple(row[k] for k in names), {}).setdefault(row["seed"], []).append(row)
+        for h in doc["final_histograms"]:
+            hist_of.setdefault(tuple(h[k] for k in names), {})[h["seed"]] = h
+    out = []
+    for config in sweep.configurations():
+        key = tuple(config[k] for k in names)
+        per_seed = {s: sorted(rows, key=lambda r: r["episode"]) for s, rows in sorted(rows_of.get(key, {}).items())}
+        entry = {**config, "seeds_done": len(per_seed)}
+        if not per_seed:
+            out.append({**entry, "final_ratio_to_best_fit_mean": None, "final_ratio_to_best_fit_ci95": [None, None],
+                        "final_ratio_to_best_fit_iqm": None, "final_ratio_to_best_fit_iqm_ci95": [None, None],
+                        "episodes_to_converge_mean": None})
+            continue
+        finals = {s: rows[-window:] for s, rows in per_seed.items()}
+        total = lambda rows, name: float(np.sum(np.asarray([r[name] for r in rows], np.float64)))  # noqa: E731
+        ratios = np.array([(total(f, "response_time_sum") / max(total(f, "num_jobs"), 1.0))
+                           / (total(f, "best_fit_response_time_sum") / max(total(f, "best_fit_num_jobs"), 1.0))
+                           for f in finals.values()])
+        everything = [r for f in finals.values() for r in f]
+        learner_hist = np.sum([hist_of[key][s]["learner"] for s in per_seed], axis=0, dtype=np.float64)
+        best_fit_hist = np.sum([hist_of[key][s]["best_fit"] for s in per_seed], axis=0, dtype=np.float64)
+        ratio_curves = np.array([[r["ratio_to_best_fit"] for r in rows] for rows in per_seed.values()], np.float64)
+        scores = ratios[:, None]  # (runs, tasks = 1)
+        # rliable 1.2's StratifiedBootstrap draws its indices from numpy's global generator
+        # (np.random.choice), not from random_state: seed that too, and put it back after.
+        global_state = np.random.get_state()
+        try:
+            np.random.seed(0)
+            with warnings.catch_warnings():  # arch's notice that random_state will become `generator`
+                warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
+                point, interval = library.get_interval_estimates(
+                    {"x": scores}, lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x)]),
+                    reps=bootstrap_reps, random_state=np.random.RandomState(0))
+        finally:
+            np.random.set_state(global_state)
+        mean, iqm = (float(v) for v in point["x"])
+        (mean_low, iqm_low), (mean_high, iqm_high) = (np.asarray(interval["x"], np.float64)).tolist()
+        out.append({**entry,
+                    "final_ratio_to_best_fit_mean": mean, "final_ratio_to_best_fit_ci95": [mean_low, mean_high],
+                    "final_ratio_to_best_fit_iqm": iqm, "final_ratio_to_best_fit_iqm_ci95": [iqm_low, iqm_high],
+                    "final_ratio_to_best_fit_per_seed": ratios.tolist(), "seeds": list(per_seed),
+                    "final_mean_response_time": total(everything, "response_time_sum")
+                    / max(total(everything, "num_jobs"), 1.0),
+                    "final_p99_response_time": float(evaluate.histogram_percentiles(learner_hist)[1]),
+                    "best_fit_final_mean_response_time": total(everything, "best_fit_response_time_sum")
+                    / max(total(everything, "best_fit_num_jobs"), 1.0),
+                    "best_fit_final_p99_response_time": float(evaluate.histogram_percentiles(best_fit_hist)[1]),
+                    "episodes_to_converge_mean": float(evaluate.episodes_to_converge(ratio_curves).mean())})
+    return out
+
+
+def plot_final_ratio(configurations: list[dict], grid_names: Sequence[str], path: Path) -> None:
+    """Final ratio to Best-Fit (mean over seeds, 95% CI band) against the first grid value,
+    or against N without a grid: one line per algo (and per N and other grid values)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_name = f"grid_{grid_names[0]}" if grid_names else "num_agents"
+    label_names = ["algo"] + (["num_agents"] if grid_names else []) + [f"grid_{n}" for n in grid_names[1:]]
+    lines: dict[str, list] = {}
+    for c in configurations:
+        if c.get("final_ratio_to_best_fit_mean") is None:
+            continue
+        label = ", ".join(str(c[k]) if k == "algo" else f"{k.removeprefix('grid_')}={c[k]:g}" for k in label_names)
+        low, high = c["final_ratio_to_best_fit_ci95"]
+        lines.setdefault(label, []).append((c[x_name], c["final_ratio_to_best_fit_mean"], low, high))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, points in lines.items():
+        x, mean, low, high = (np.array(v, np.float64) for v in zip(*sorted(points)))
+        (line,) = ax.plot(x, mean, marker="o", ms=4, label=label)
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
+    ax.axhline(1.0, color="black", lw=1.2, label="best_fit")
+    if x_name == "num_agents":
+        ax.set_xscale("log")
+    ax.set_xlabel(x_name.removeprefix("grid_"))
+    ax.set_ylabel("final mean response time / Best-Fit")
+    ax.set_title("sweep: mean over seeds, 95% bootstrap CI")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

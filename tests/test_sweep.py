@@ -1,0 +1,238 @@
+"""`dgpg_jax.sweep` and `dgpg sweep`: chunks, padding, restart, seeds as in train, shapes
+sized for the largest utilisation, argument refusal, validation before compile, chunk
+size from memory, 4 host devices, and the CLI's JSON line.
+
+One compiled program serves the whole file: every sweep here has the same (algo, N) config
+and chunk size 4 (the probe size of the memory analysis too), so the in-process program
+cache compiles it once. N = 20 at 0.6 steps per mean job: the job slots J at utilisation
+0.1 (15) are fewer than at 0.9 (20 = N), so a grid over both shows the slot sizing.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from dgpg_jax import cli, runner, sweep, train
+from dgpg_jax.env import EnvConfig
+
+BASE = train.TrainConfig(env=EnvConfig(num_agents=20, horizon=20, mean_job_steps=0.6), num_episodes=2,
+                         updates_per_episode=2)
+SWEEP = sweep.Sweep(BASE, algos=("dgpg",), num_agents=(20,), grid={"utilisation": (0.1, 0.9)}, seeds=3, seed=5)
+CHUNK = 4  # 6 items: a chunk of 4 and one of 2 padded to 4
+REPS = 50
+KEY = ["algo", "num_agents", "grid_utilisation", "seed", "episode"]
+FOUR_DEVICES = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import jax
+from test_sweep import CHUNK, REPS, SWEEP
+from dgpg_jax import sweep
+assert len(jax.devices()) == 4, jax.devices()
+result = sweep.run_sweep(SWEEP, {out!r}, chunk_seeds=CHUNK, bootstrap_reps=REPS)
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    """The same sweep on 4 forced host devices, in a subprocess started first (it compiles
+    while this process does)."""
+    out = tmp_path_factory.mktemp("four") / "sweep"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    code = FOUR_DEVICES.format(tests=str(Path(__file__).parent), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    yield proc, out
+    if proc.poll() is None:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def full(four_devices, tmp_path_factory):
+    """The uninterrupted single-device sweep."""
+    out = tmp_path_factory.mktemp("full") / "sweep"
+    return out, sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, bootstrap_reps=REPS)
+
+
+def rows(out: Path) -> pd.DataFrame:
+    return pd.read_json(out / "rows.jsonl", lines=True).sort_values(KEY).reset_index(drop=True)
+
+
+def test_every_row_exactly_once_and_padding_dropped(full):
+    out, result = full
+    frame = rows(out)
+    expected = {("dgpg", 20, u, s, e) for u in (0.1, 0.9) for s in (5, 6, 7) for e in (1, 2)}
+    assert len(frame) == len(expected) == 12
+    assert set(map(tuple, frame[KEY].itertuples(index=False))) == expected
+    chunks = sorted((out / "chunks").glob("*.json"))
+    assert [p.name for p in chunks] == ["dgpg-n20-0.json", "dgpg-n20-1.json"]
+    docs = [json.loads(p.read_text()) for p in chunks]
+    items = [tuple(item) for doc in docs for item in doc["items"]]
+    assert [len(doc["items"]) for doc in docs] == [4, 2]
+    assert sorted(items) == [(p, s) for p in (0, 1) for s in (0, 1, 2)]
+    assert sum(len(doc["final_histograms"]) for doc in docs) == 6
+    assert (result["chunks_run"], result["chunks_skipped"], result["complete"]) == (2, 0, True)
+    assert result["groups"][0]["batch"] == 4 and result["groups"][0]["plan"]["chunk_seeds"] == CHUNK
+    assert [c["seeds_done"] for c in result["configurations"]] == [3, 3]
+    assert "response_time_histogram" not in frame.columns and "ratio_to_best_fit" in frame.columns
+    assert (out / "final_ratio.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "summary.json").read_text()) == result
+
+
+def test_seed_s_is_train_with_that_seed_and_high_load_is_sized(full):
+    """Seed 6 at utilisation 0.9 equals `run_training(seed=6, num_seeds=1)` at 0.9, slot
+    overflow (charged as rejections) included: the program's J is the 0.9 run's, not the
+    0.1 one's (which overflows at that load)."""
+    out, result = full
+    config = SWEEP.point_config("dgpg", 20, {"utilisation": 0.9})
+    assert train.make_learner(SWEEP.group_config("dgpg", 20)).env_params.num_slots == \
+        train.make_learner(config).env_params.num_slots == 20
+    assert train.make_learner(SWEEP.point_config("dgpg", 20, {"utilisation": 0.1})).env_params.num_slots < 20
+    single = runner.run_training(config, seed=6, num_seeds=1, episodes_per_call=2)
+    columns = runner.log_columns(single.logs)
+    frame = rows(out)
+    mine = frame[(frame.grid_utilisation == 0.9) & (frame.seed == 6)].sort_values("episode")
+    for name, values in columns.items():
+        if name in sweep.HISTOGRAM_COLUMNS:
+            continue
+        np.testing.assert_allclose(mine[name].to_numpy(np.float64), np.asarray(values[0], np.float64),
+                                   rtol=2e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(mine["num_rejected"], np.asarray(single.logs.metrics.num_rejected[0]))
+    high = result["configurations"][1]
+    assert high["grid_utilisation"] == 0.9 and high["seeds"] == [5, 6, 7]
+    np.testing.assert_allclose(high["final_ratio_to_best_fit_per_seed"][1],
+                               single.summary()["final_ratio_to_best_fit_per_seed"][0], rtol=2e-5)
+
+
+def test_interrupted_sweep_resumes_without_redoing_a_chunk(full, tmp_path):
+    out = tmp_path / "sweep"
+
+    class Killed(Exception):
+        pass
+
+    def stop(event):
+        if event["event"] == "chunk":
+            raise Killed
+
+    with pytest.raises(Killed):
+        sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, bootstrap_reps=REPS, on_progress=stop)
+    first = out / "chunks" / "dgpg-n20-0.json"
+    assert [p.name for p in (out / "chunks").glob("*.json")] == [first.name]
+    assert len(rows(out)) == 8  # the finished chunk's rows are already loadable
+    stamp = first.stat().st_mtime_ns
+    result = sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, bootstrap_reps=REPS)
+    assert (result["chunks_run"], result["chunks_skipped"], result["complete"]) == (1, 1, True)
+    assert first.stat().st_mtime_ns == stamp
+    assert result["configurations"] == full[1]["configurations"]
+    pd.testing.assert_frame_equal(rows(out), rows(full[0]))
+    again = sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, bootstrap_reps=REPS)
+    assert (again["chunks_run"], again["chunks_skipped"]) == (0, 2)
+
+
+def no_compile(*args, **kwargs):
+    raise AssertionError("compiled before refusing")
+
+
+def test_other_arguments_into_the_same_directory_refused(full, monkeypatch):
+    out, _ = full
+    monkeypatch.setattr(sweep, "chunk_program", no_compile)
+    before = (out / "sweep.json").read_text()
+    with pytest.raises(ValueError, match="seeds=4"):
+        sweep.run_sweep(dataclasses.replace(SWEEP, seeds=4), out, chunk_seeds=CHUNK)
+    with pytest.raises(ValueError, match="chunk_seeds"):
+        sweep.run_sweep(SWEEP, out, chunk_seeds=2)
+    with pytest.raises(ValueError, match="learning_rate"):
+        sweep.run_sweep(dataclasses.replace(SWEEP, base=dataclasses.replace(BASE, learning_rate=1e-3)), out,
+                        chunk_seeds=CHUNK)
+    assert (out / "sweep.json").read_text() == before
+
+
+@pytest.mark.parametrize("grid, parameter", [
+    ({"alpha": (0.5, 1.5)}, r"grid alpha=1\.5.*alpha_start"),
+    ({"learning_rate": (0.0,)}, r"grid learning_rate=0\.0.*learning_rate"),
+    ({"utilisation": (0.5, 1.2)}, r"grid utilisation=1\.2.*peak arrival"),
+    ({"gamma": (0.9,)}, r"grid='gamma'"),
+    ({"alpha": (0.5,), "alpha_end": (0.1,)}, r"grid alpha"),
+    ({"alpha": (0.5, 0.5)}, r"grid alpha.*at most once"),
+])
+def test_grid_validated_before_compile(grid, parameter, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "chunk_program", no_compile)
+    with pytest.raises(ValueError, match=parameter):
+        sweep.run_sweep(dataclasses.replace(SWEEP, grid=grid), tmp_path / "sweep", chunk_seeds=CHUNK)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_cli_bad_grid_exits_2_with_one_line(tmp_path, capsys):
+    argv = ["sweep", "--num-agents", "20", "--horizon", "20", "--updates-per-episode", "2",
+            "--out", str(tmp_path / "s"), "--json"]
+    for grid, parameter in (("alpha=0.5,x", "grid alpha"), ("alpha", "grid"), ("alpha=0.2,0.2", "grid alpha"),
+                            ("utilisation=0.5,1.6", "utilisation")):
+        assert cli.main([*argv, "--grid", grid]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and parameter in err[0] and "Traceback" not in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
+def test_chunk_size_from_memory_analysis_and_forced(full, tmp_path):
+    learner = train.make_learner(SWEEP.group_config("dgpg", 20))
+    mesh = sweep.make_mesh()
+    size, memory = sweep.choose_chunk_size(learner, SWEEP.episodes, 6, mesh)  # the probe (4) is the cached program
+    assert 1 <= size <= 6 and size % len(jax.devices()) == 0
+    assert memory["bytes_per_item"] > 0 and memory["available_bytes"] > 0 and memory["largest_chunk"] >= 1
+    big, _ = sweep.choose_chunk_size(learner, SWEEP.episodes, 10**6, mesh)
+    assert 1 <= big <= memory["largest_chunk"]
+    assert memory["largest_chunk"] * memory["bytes_per_item"] <= memory["available_bytes"] * sweep.MEMORY_FRACTION
+    auto = sweep.run_sweep(SWEEP, tmp_path / "auto", max_chunks=0, bootstrap_reps=REPS)
+    plan = auto["groups"][0]["plan"]
+    assert plan["source"] == "memory analysis" and plan["chunk_seeds"] == size and plan["memory"]["bytes_per_item"] > 0
+    assert auto["chunks_run"] == 0 and not auto["complete"]
+    forced = sweep.run_sweep(SWEEP, tmp_path / "forced", chunk_seeds=3, max_chunks=0, bootstrap_reps=REPS)
+    assert forced["groups"][0]["plan"]["chunk_seeds"] == 3 and forced["chunks_total"] == 2
+    assert full[1]["groups"][0]["program_bytes"] > 0
+
+
+def test_cli_json_last_line(full, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["sweep", "--algo", "dgpg", "--num-agents", "20", "--horizon", "20", "--mean-job-steps", "0.6",
+            "--updates-per-episode", "2", "--episodes", "2", "--seeds", "3", "--seed", "5",
+            "--grid", "utilisation=0.1,0.9", "--chunk-seeds", "4", "--bootstrap-reps", str(REPS),
+            "--out", str(out), "--json"]
+    assert cli.main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1
+    result = json.loads(lines[-1])
+    assert {"chunks_run", "chunks_skipped", "configurations"} <= set(result)
+    assert (result["chunks_run"], result["chunks_skipped"]) == (2, 0)
+    for item in result["configurations"]:
+        assert {"algo", "num_agents", "grid_utilisation", "seeds_done", "final_ratio_to_best_fit_mean",
+                "final_ratio_to_best_fit_ci95", "final_ratio_to_best_fit_iqm", "episodes_to_converge_mean"} <= set(item)
+        low, high = item["final_ratio_to_best_fit_ci95"]
+        assert low <= item["final_ratio_to_best_fit_mean"] <= high and item["seeds_done"] == 3
+    assert result["configurations"] == full[1]["configurations"]
+    assert cli.main(argv[:-1]) == 0  # the table form, a restart: nothing to run
+    assert "2 skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_four_devices_equal_one(full, four_devices):
+    proc, out = four_devices
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["groups"][0]["devices"] == 4 and result["groups"][0]["batch"] == 4
+    mine, theirs = rows(full[0]), rows(out)
+    assert list(mine[KEY].itertuples(index=False)) == list(theirs[KEY].itertuples(index=False))
+    for name in mine.columns:
+        if name not in KEY:
+            np.testing.assert_allclose(theirs[name].to_numpy(np.float64), mine[name].to_numpy(np.float64),
+                                       rtol=2e-5, atol=1e-6, err_msg=name)
+    for a, b in zip(result["configurations"], full[1]["configurations"]):
+        np.testing.assert_allclose(a["final_ratio_to_best_fit_mean"], b["final_ratio_to_best_fit_mean"], rtol=2e-5)
