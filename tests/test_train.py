@@ -651,11 +651,24 @@ def test_resume_with_a_different_config_raises(saved_half, no_compile):
 
 
 def test_resume_from_a_missing_directory_raises(tmp_path, no_compile):
-    with pytest.raises(ValueError, match="resume"):
+    with pytest.raises(ValueError, match="config.json"):
         runner.run_training(BASE, seed=0, num_seeds=2, resume=tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="resume"):
+    with pytest.raises(ValueError, match="config.json"):
         runner.run_training(BASE, seed=0, num_seeds=2, resume=tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_its_config(tmp_path, uninterrupted):
+    """A run directory holding only config.json (killed while compiling) resumes: the run
+    starts from the saved config and equals the uninterrupted run."""
+    run_dir = tmp_path / "early"
+    run_dir.mkdir()
+    checkpoint.save_config(run_dir, BASE, 0, SEEDS)
+    resumed = runner.run_training(BASE, seed=0, num_seeds=SEEDS, out_dir=run_dir, resume=run_dir,
+                                  episodes_per_call=BASE.num_episodes)
+    assert tree_equal(resumed.logs, uninterrupted.logs)
+    assert (run_dir / "checkpoint").is_dir() and (run_dir / "metrics.jsonl").is_file()
 
 
 def test_invalid_episodes_per_call_raises(no_compile):

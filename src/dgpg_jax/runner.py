@@ -8,6 +8,7 @@ over seeds); calls of K episodes give the same numbers as calls of any other len
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -72,7 +73,10 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
     learner = train.make_learner(config)
     if resume is not None:
         checkpoint.check_resumable(checkpoint.load_config(resume), (config, seed, num_seeds))
-        _check_resume_length(Path(resume), config.num_episodes)
+        if not (Path(resume) / "checkpoint").exists():
+            resume = None  # killed before its first checkpoint: the saved config starts afresh
+        else:
+            _check_resume_length(Path(resume), config.num_episodes)
     keys = seed_keys(seed, num_seeds)
     hyper = train.default_hyper(config)
     start = time.perf_counter()
@@ -151,15 +155,29 @@ def log_from_columns(columns: dict[str, np.ndarray]) -> train.EpisodeLog:
                             **{name: columns[name] for name in train.EpisodeLog._fields[2:]})
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: a process killed at any
+    instant leaves the old file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_metrics(path: Path, logs: train.EpisodeLog) -> None:
-    """metrics.jsonl: one JSON object per (seed, episode), episodes 1-based, histograms as lists."""
+    """metrics.jsonl: one JSON object per (seed, episode), episodes 1-based, histograms as
+    lists; replaced atomically."""
     columns = log_columns(logs)
     seeds, episodes = logs.ratio_to_best_fit.shape
-    with open(path, "w") as f:
-        for s in range(seeds):
-            for e in range(episodes):
-                row = {name: np.asarray(value[s, e]).tolist() for name, value in columns.items()}
-                f.write(json.dumps({"seed": s, "episode": e + 1, **row}) + "\n")
+    lines = []
+    for s in range(seeds):
+        for e in range(episodes):
+            row = {name: np.asarray(value[s, e]).tolist() for name, value in columns.items()}
+            lines.append(json.dumps({"seed": s, "episode": e + 1, **row}) + "\n")
+    write_atomic(path, "".join(lines))
 
 
 def read_metrics(path: Path, num_seeds: int, episodes: int) -> train.EpisodeLog:

@@ -29,7 +29,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -40,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgpg_jax import checkpoint, evaluate, memory, train
-from dgpg_jax.runner import FINAL_WINDOW, json_safe, log_columns
+from dgpg_jax.runner import FINAL_WINDOW, json_safe, log_columns, write_atomic
 from dgpg_jax.validation import check, check_integer, is_integer, is_number
 
 GRID_NAMES = ("alpha", "alpha_start", "alpha_end", "learning_rate", "utilisation")
@@ -251,15 +250,6 @@ def _round_up(x: int, multiple: int) -> int:
 
 # ----------------------------------------------------------------------------- files
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _group_name(algo: str, n: int) -> str:
     return f"{algo}-n{n}"
 
@@ -291,7 +281,7 @@ def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> dict:
                              "arguments (to continue it) or another directory")
         return saved
     saved = {"arguments": arguments, "plans": {}}
-    _write_atomic(path, json.dumps(saved, indent=2) + "\n")
+    write_atomic(path, json.dumps(saved, indent=2) + "\n")
     return saved
 
 
@@ -303,7 +293,7 @@ def read_chunks(out_dir: Path) -> list[dict]:
 
 def _write_rows(out_dir: Path, docs: list[dict]) -> None:
     lines = [json.dumps(row, allow_nan=False) for doc in docs for row in doc["rows"]]
-    _write_atomic(Path(out_dir) / "rows.jsonl", "".join(line + "\n" for line in lines))
+    write_atomic(Path(out_dir) / "rows.jsonl", "".join(line + "\n" for line in lines))
 
 
 # ----------------------------------------------------------------------------- running
@@ -370,7 +360,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
                 size, estimate = choose_chunk_size(learner, sweep.episodes, total_items, mesh)
                 plan = {"chunk_seeds": size, "source": "memory analysis", "memory": estimate}
             saved["plans"][name] = plan
-            _write_atomic(out_dir / "sweep.json", json.dumps(saved, indent=2) + "\n")
+            write_atomic(out_dir / "sweep.json", json.dumps(saved, indent=2) + "\n")
         size = plan["chunk_seeds"]
         count = math.ceil(total_items / size)
         done = [i for i in range(count) if chunk_path(out_dir, algo, n, i).exists()]
@@ -413,7 +403,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
             hyper = train.Hyper(*(jax.device_put(table[:, i], sharding) for i in range(len(train.Hyper._fields))))
             logs = jax.tree.map(lambda x: np.asarray(x)[: len(items)], program(keys, hyper))
             doc = _chunk_doc(sweep, group["index"], group["algo"], group["num_agents"], index, items, logs)
-            _write_atomic(chunk_path(out_dir, group["algo"], group["num_agents"], index), json.dumps(doc) + "\n")
+            write_atomic(chunk_path(out_dir, group["algo"], group["num_agents"], index), json.dumps(doc) + "\n")
             _write_rows(out_dir, read_chunks(out_dir))
             run += 1
             finished += 1
@@ -430,7 +420,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
               "final_window": min(FINAL_WINDOW, sweep.episodes), "grid": list(sweep.grid_names),
               "wall_seconds": time.perf_counter() - start, "groups": reports, "configurations": configurations}
     result = json_safe(result)
-    _write_atomic(out_dir / "summary.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+    write_atomic(out_dir / "summary.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     plot_final_ratio(configurations, sweep.grid_names, out_dir / "final_ratio.png")
     return result
 
