@@ -196,7 +196,7 @@ def _policies(spec: str, beta: float | None):
             out.append((name, train.learned_policy(actor, actor_params)))
             out.append((name + ":mode", train.learned_policy(actor, actor_params, deterministic=True)))
         else:
-            out.append((name, baselines.get_policy(name, beta if name in baselines.GREEDY_POLICIES else None)))
+            out.append((name, baselines.get_policy(name, beta)))  # beta applies to the greedies only
     return out
 
 

@@ -238,9 +238,14 @@ def evaluate_policies(policies: list[tuple[str, Act]], params: EnvParams, run_ke
     everything = compiled()
     metrics = [jax.tree.map(lambda x, i=i: np.asarray(x[i]), everything) for i in range(len(acts))]
     best_fit = metrics[names.index("best_fit")] if "best_fit" in names else metrics[-1]
-    return [{"policy": name, "num_agents": params.num_agents, "num_servers": params.num_servers,
-             "episodes": num_episodes, "seeds": int(run_keys.shape[0]), **pool(m),
-             "ratio_to_best_fit": ratio_of_means(m, best_fit)} for name, m in zip(names, metrics)]
+    best_fit_mean = pool(best_fit)["mean_response_time"]
+    rows = []
+    for name, m in zip(names, metrics):
+        pooled = pool(m)
+        rows.append({"policy": name, "num_agents": params.num_agents, "num_servers": params.num_servers,
+                     "episodes": num_episodes, "seeds": int(run_keys.shape[0]), **pooled,
+                     "ratio_to_best_fit": pooled["mean_response_time"] / best_fit_mean})
+    return rows
 
 
 def episodes_to_converge(ratio: np.ndarray, window: int = 3, tolerance: float = 0.05) -> np.ndarray:
