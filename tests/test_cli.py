@@ -87,7 +87,7 @@ def trained_run(tmp_path_factory):
     with contextlib.redirect_stdout(stdout):
         code = cli.main(["train", "--algo", "dgpg", "--num-agents", "5", "--horizon", "100",
                          "--updates-per-episode", "2",
-                         "--episodes", "2", "--seeds", "2", "--out", str(out_dir), "--json"])
+                         "--episodes", "2", "--seeds", "2", "--out", str(out_dir), "--json", "--log", "tensorboard"])
     return out_dir, code, stdout.getvalue()
 
 
@@ -113,6 +113,26 @@ def test_train_json_writes_the_run_directory(trained_run):
     assert summary["episodes_to_converge"] == episodes_to_converge(ratio).mean()
     assert summary["wall_seconds"] >= summary["compile_seconds"] > 0
     assert summary == json.loads((out_dir / "summary.json").read_text())
+
+
+def test_train_log_tensorboard_writes_each_seed_episode_by_episode(trained_run):
+    """`--log tensorboard`: one event-file run per seed under OUT/logs, one point per
+    episode (written after each jitted call), the values of metrics.jsonl."""
+    from test_trackers import read_scalars
+
+    out_dir, code, _ = trained_run
+    assert code == 0
+    assert sorted(p.name for p in (out_dir / "logs").iterdir()) == ["seed_0", "seed_1"]
+    metrics = json_lines((out_dir / "metrics.jsonl").read_text())
+    for s in (0, 1):
+        scalars = read_scalars(out_dir / "logs" / f"seed_{s}")
+        assert len(list((out_dir / "logs" / f"seed_{s}").glob("events.*"))) == 1
+        for column, tag in (("ratio_to_best_fit", "train/ratio_to_best_fit"),
+                            ("best_fit_mean_response_time", "best_fit/mean_response_time")):
+            expected = [(m["episode"], m[column]) for m in metrics if m["seed"] == s]
+            assert [step for step, _ in scalars[tag]] == [1, 2]
+            np.testing.assert_allclose([v for _, v in scalars[tag]], [v for _, v in expected], rtol=1e-6)
+        assert not any("histogram" in tag for tag in scalars)
 
 
 def test_eval_of_a_checkpoint_at_another_size(trained_run, capsys):
@@ -163,6 +183,7 @@ def test_alpha_flag_sets_the_schedule():
     assert (linear.alpha_start, linear.alpha_end, linear.alpha_schedule) == (0.8, 0.1, "linear")
 
 
+@pytest.mark.slow
 def test_compare_trains_evaluates_and_writes_one_table(tmp_path, capsys):
     """The whole `dgpg compare`: each algorithm trained, every baseline evaluated on the
     final episodes' traces, one JSON row each, the plot and summary.json written."""

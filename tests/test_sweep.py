@@ -11,6 +11,7 @@ cache compiles it once. N = 20 at 0.6 steps per mean job: the job slots J at uti
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,8 @@ print(json.dumps(result))
 
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory):
-    """The same sweep on 4 forced host devices, in a subprocess started first (it compiles
-    while this process does)."""
+    """The same sweep on 4 forced host devices, in a subprocess (requested before `full`,
+    it compiles while this process does)."""
     out = tmp_path_factory.mktemp("four") / "sweep"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     code = FOUR_DEVICES.format(tests=str(Path(__file__).parent), out=str(out))
@@ -55,8 +56,47 @@ def four_devices(tmp_path_factory):
         proc.kill()
 
 
+CLI_ARGV = ["sweep", "--algo", "dgpg", "--num-agents", "20", "--horizon", "20", "--mean-job-steps", "0.6",
+            "--updates-per-episode", "2", "--episodes", "2", "--seeds", "3", "--seed", "5",
+            "--grid", "utilisation=0.1,0.9", "--chunk-seeds", str(CHUNK), "--bootstrap-reps", str(REPS), "--json"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_processes(out: Path) -> list[subprocess.Popen]:
+    """`dgpg sweep` as two jax.distributed processes on localhost (one CPU device each)."""
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return [subprocess.Popen([sys.executable, "-m", "dgpg_jax.cli", *CLI_ARGV, "--out", str(out),
+                              "--coordinator-address", address, "--num-processes", "2", "--process-id", str(i)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def finish(procs: list[subprocess.Popen]) -> list[str]:
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (_, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, stderr[-3000:]
+    return [stdout for stdout, _ in outputs]
+
+
 @pytest.fixture(scope="module")
-def full(four_devices, tmp_path_factory):
+def two_processes(tmp_path_factory):
+    """The same sweep as two processes of one jax.distributed run, started before `full`."""
+    out = tmp_path_factory.mktemp("two") / "sweep"
+    procs = start_processes(out)
+    yield procs, out
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
     """The uninterrupted single-device sweep."""
     out = tmp_path_factory.mktemp("full") / "sweep"
     return out, sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, bootstrap_reps=REPS)
@@ -200,12 +240,18 @@ def test_chunk_size_from_memory_analysis_and_forced(full, tmp_path):
 
 
 def test_cli_json_last_line(full, tmp_path, capsys):
+    from test_trackers import read_scalars
+
     out = tmp_path / "cli"
-    argv = ["sweep", "--algo", "dgpg", "--num-agents", "20", "--horizon", "20", "--mean-job-steps", "0.6",
-            "--updates-per-episode", "2", "--episodes", "2", "--seeds", "3", "--seed", "5",
-            "--grid", "utilisation=0.1,0.9", "--chunk-seeds", "4", "--bootstrap-reps", str(REPS),
-            "--out", str(out), "--json"]
+    argv = [*CLI_ARGV, "--out", str(out), "--log", "tensorboard"]
     assert cli.main(argv) == 0
+    names = sorted(str(p.relative_to(out / "logs")) for p in (out / "logs").glob("*/*"))
+    assert names == [f"dgpg-n20-utilisation{u}/seed_{s}" for u in (0.1, 0.9) for s in (5, 6, 7)]
+    frame = rows(out)
+    mine = frame[(frame.grid_utilisation == 0.9) & (frame.seed == 6)]
+    logged = read_scalars(out / "logs" / "dgpg-n20-utilisation0.9" / "seed_6")["train/ratio_to_best_fit"]
+    assert [step for step, _ in logged] == [1, 2]
+    np.testing.assert_allclose([v for _, v in logged], mine["ratio_to_best_fit"], rtol=1e-6)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) == 1
     result = json.loads(lines[-1])
@@ -217,22 +263,48 @@ def test_cli_json_last_line(full, tmp_path, capsys):
         low, high = item["final_ratio_to_best_fit_ci95"]
         assert low <= item["final_ratio_to_best_fit_mean"] <= high and item["seeds_done"] == 3
     assert result["configurations"] == full[1]["configurations"]
-    assert cli.main(argv[:-1]) == 0  # the table form, a restart: nothing to run
+    assert cli.main([a for a in argv if a != "--json"]) == 0  # the table form, a restart: nothing to run
     assert "2 skipped" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_four_devices_equal_one(full, four_devices):
-    proc, out = four_devices
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
-    result = json.loads(stdout.strip().splitlines()[-1])
-    assert result["groups"][0]["devices"] == 4 and result["groups"][0]["batch"] == 4
+def assert_same_sweep(full, out: Path, result: dict) -> None:
     mine, theirs = rows(full[0]), rows(out)
     assert list(mine[KEY].itertuples(index=False)) == list(theirs[KEY].itertuples(index=False))
     for name in mine.columns:
         if name not in KEY:
             np.testing.assert_allclose(theirs[name].to_numpy(np.float64), mine[name].to_numpy(np.float64),
                                        rtol=2e-5, atol=1e-6, err_msg=name)
+    assert len(result["configurations"]) == len(full[1]["configurations"])
     for a, b in zip(result["configurations"], full[1]["configurations"]):
-        np.testing.assert_allclose(a["final_ratio_to_best_fit_mean"], b["final_ratio_to_best_fit_mean"], rtol=2e-5)
+        assert a["seeds_done"] == b["seeds_done"] == 3
+        for name in ("final_ratio_to_best_fit_mean", "final_mean_response_time", "final_p99_response_time"):
+            np.testing.assert_allclose(a[name], b[name], rtol=2e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_four_devices_equal_one(four_devices, full):
+    proc, out = four_devices
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["groups"][0]["devices"] == 4 and result["groups"][0]["batch"] == 4
+    assert_same_sweep(full, out, result)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_and_restart_skips_everything(two_processes, full):
+    """Each process writes the part of each chunk on its own device; process 0 alone prints
+    and writes the shared files; a restart of both runs no chunk."""
+    procs, out = two_processes
+    stdouts = finish(procs)
+    assert not any(line.startswith("{") for line in stdouts[1].splitlines())  # gloo's own lines only
+    result = json.loads(stdouts[0].strip().splitlines()[-1])
+    assert result["processes"] == 2 and result["groups"][0]["devices"] == 2
+    assert (result["chunks_run"], result["chunks_skipped"], result["complete"]) == (2, 0, True)
+    assert sorted(p.name for p in (out / "chunks").glob("*.json")) == [
+        f"dgpg-n20-{i}.p{k}of2.json" for i in (0, 1) for k in (0, 1)]
+    part = json.loads((out / "chunks" / "dgpg-n20-1.p1of2.json").read_text())
+    assert part["items"] == [] and part["rows"] == []  # chunk 1's two runs are on process 0; padding on 1
+    assert_same_sweep(full, out, result)
+    again = json.loads(finish(start_processes(out))[0].strip().splitlines()[-1])
+    assert (again["chunks_run"], again["chunks_skipped"]) == (0, 2)

@@ -162,6 +162,7 @@ def test_learns_at_5_agents(program, request):
     assert final < 1.5, ratio
 
 
+@pytest.mark.slow
 def test_dgpg_learns_at_50_agents(curves_50):
     ratio = curves_50["dgpg"]
     assert np.all(np.isfinite(ratio))
@@ -185,6 +186,7 @@ def test_episodes_to_reach_hand_made():
     np.testing.assert_array_equal(episodes_to_reach(ratio, 1.3), [4, 6])
 
 
+@pytest.mark.slow
 def test_dgpg_reaches_best_fit_level_in_fewer_episodes_than_mappo(curves_50):
     """The headline at N = 50, on the same seeds and traces: DG-PG's 3-episode mean ratio
     to Best-Fit falls below 1.3 in 5, 5, 6 episodes (measured), MAPPO's in 11+, 11+, 10

@@ -101,6 +101,14 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                        help="episodes per jitted call, between progress updates and checkpoints (default 1)")
 
 
+def _add_log_flag(parser: argparse.ArgumentParser) -> None:
+    from dgpg_jax.trackers import TRACKERS
+
+    parser.add_argument("--log", default="none", choices=TRACKERS,
+                        help="also send the per-episode metrics to TensorBoard (pip extra tensorboard) or to W&B "
+                             "offline (extra wandb), under OUT/logs (default none)")
+
+
 def _train_config(args, algo: str):
     from dgpg_jax.train import TrainConfig
 
@@ -227,7 +235,8 @@ def _train_one(config, args, out_dir: Path | None, resume: Path | None, progress
     def on_progress(done, logs):
         progress.update(task, completed=done, status=f"ratio to Best-Fit {logs.ratio_to_best_fit[:, -1].mean():.3f}")
 
-    return run_training(config, args.seed, args.seeds, out_dir, resume, args.episodes_per_call, on_progress)
+    return run_training(config, args.seed, args.seeds, out_dir, resume, args.episodes_per_call, on_progress,
+                        getattr(args, "log", "none"))
 
 
 def cmd_train(args) -> None:
@@ -235,7 +244,10 @@ def cmd_train(args) -> None:
     from dgpg_jax.plots import plot_learning_curves
     from dgpg_jax.runner import FINAL_WINDOW
 
+    from dgpg_jax.trackers import check_tracker
+
     _check_run_flags(args)
+    check_tracker(args.log)  # its extra installed, before any directory or compile
     config = _train_config(args, args.algo)
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
@@ -322,7 +334,15 @@ def cmd_sweep(args) -> None:
     from dgpg_jax import algorithms, sweep
     from dgpg_jax.runner import FINAL_WINDOW
 
+    from dgpg_jax.trackers import check_tracker
+
     _check_run_flags(args)
+    check_tracker(args.log)
+    several = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.distributed or any(flag is not None for flag in several):
+        from dgpg_jax import distributed
+
+        distributed.initialize(*several)  # before anything touches JAX
     if args.episodes_per_call != 1:
         raise ValueError(f"episodes_per_call={args.episodes_per_call!r} is invalid for a sweep: a chunk runs all "
                          "its episodes in one program; allowed 1 (the default)")
@@ -343,9 +363,12 @@ def cmd_sweep(args) -> None:
     base = _train_config(args, algos[0])
     spec = sweep.Sweep(base, algos=tuple(algos), num_agents=tuple(int(size) for size in sizes), grid=tuple(grid),
                        seeds=args.seeds, seed=args.seed).validate()
+    import jax
+
+    main_process = jax.process_index() == 0  # the other processes run silently
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                        console=Console(stderr=True), transient=False)
+                        console=Console(stderr=True), transient=False, disable=not main_process)
     with progress:
         task = progress.add_task("sweep chunks", total=None, status="planning")
 
@@ -359,7 +382,9 @@ def cmd_sweep(args) -> None:
                 progress.update(task, advance=1, status=f"{event['group']} chunk {event['index']} written")
 
         result = sweep.run_sweep(spec, Path(args.out), chunk_seeds=args.chunk_seeds, on_progress=on_progress,
-                                 bootstrap_reps=args.bootstrap_reps)
+                                 bootstrap_reps=args.bootstrap_reps, log=args.log)
+    if not main_process:
+        return
     if args.json:
         print(json.dumps(result, allow_nan=False))
         return
@@ -398,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", help="continue the run saved in this directory (same config; more episodes)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    _add_log_flag(p)
     _add_run_flags(p, episodes=20, seeds=2)
     _add_train_flags(p)
     _add_env_flags(p)
@@ -422,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-seeds", type=int,
                    help="runs (grid point x seed) per chunk (default: from the compiled program's memory analysis)")
     p.add_argument("--bootstrap-reps", type=int, default=2000, help="bootstrap replications of the CIs (default 2000)")
+    _add_log_flag(p)
+    group = p.add_argument_group("several processes (jax.distributed: one process per host, the same command on each)")
+    group.add_argument("--coordinator-address", metavar="HOST:PORT",
+                       help="process 0's address (default $JAX_COORDINATOR_ADDRESS or the SLURM / Open MPI job)")
+    group.add_argument("--num-processes", type=int, help="processes in all (default from the cluster)")
+    group.add_argument("--process-id", type=int, help="this process's index in [0, num_processes)")
+    group.add_argument("--distributed", action="store_true",
+                       help="start jax.distributed with every setting from the environment (SLURM, Open MPI)")
     _add_run_flags(p, episodes=20, seeds=8)
     _add_train_flags(p)
     _add_env_flags(p)

@@ -15,10 +15,10 @@ FRACTION = 0.8  # of the available memory a program may plan to use; the rest is
 
 
 def available_bytes(device: jax.Device | None = None) -> int:
-    """Free memory of one device (default: the first): the accelerator's limit minus what
+    """Free memory of one device (default: the first local one): the accelerator's limit minus what
     is in use, or on CPU the host's available memory (MemAvailable of /proc/meminfo)
     shared by the host's devices."""
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     stats = device.memory_stats()
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))

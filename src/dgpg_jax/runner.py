@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from dgpg_jax import checkpoint, memory, train
+from dgpg_jax import checkpoint, memory, trackers, train
 from dgpg_jax.evaluate import EpisodeMetrics, episodes_to_converge, pool, ratio_of_means, seed_keys
 from dgpg_jax.validation import check_integer
 
@@ -62,14 +62,19 @@ class RunResult:
 
 def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: Path | None = None,
                  resume: Path | None = None, episodes_per_call: int = 1,
-                 on_progress: Callable[[int, train.EpisodeLog], None] | None = None) -> RunResult:
+                 on_progress: Callable[[int, train.EpisodeLog], None] | None = None,
+                 log: str = "none") -> RunResult:
     """Train `num_seeds` seeds of `config`, `episodes_per_call` episodes per jitted call.
 
     With `resume`, continue the run saved there (same config but for num_episodes, same
     seeds) up to config.num_episodes. With `out_dir`, write config.json, metrics.jsonl and
     the checkpoint after every call. `on_progress(episodes_done, logs_so_far)` is called
-    after every call (progress bars)."""
+    after every call (progress bars). `log` (one of `trackers.TRACKERS`) also sends each
+    call's episodes to TensorBoard or W&B under out_dir/logs, one tracker run per seed."""
     check_integer("episodes_per_call", episodes_per_call)
+    trackers.check_tracker(log)
+    if log != "none" and out_dir is None:
+        raise ValueError(f"log={log!r} is invalid without an output directory: allowed 'none', or an out_dir")
     learner = train.make_learner(config)
     if resume is not None:
         checkpoint.check_resumable(checkpoint.load_config(resume), (config, seed, num_seeds))
@@ -109,17 +114,24 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
     if out_dir is not None:
         checkpoint.save_config(out_dir, config, seed, num_seeds)
     done = int(runner.episode[0])
-    while done < config.num_episodes:
-        count = min(episodes_per_call, config.num_episodes - done)
-        runner, logs = program(count)(runner, keys)
-        parts.append(jax.tree.map(np.asarray, logs))
-        done += count
-        stacked = _concatenate(parts)
-        if out_dir is not None:
-            write_metrics(Path(out_dir) / "metrics.jsonl", stacked)
-            checkpoint.save_runner(out_dir, runner)
-        if on_progress is not None:
-            on_progress(done, stacked)
+    sinks = [] if log == "none" else trackers.open_trackers(log, Path(out_dir) / "logs", [
+        (f"seed_{s}", {**checkpoint.config_to_dict(config, seed, num_seeds), "run": s}) for s in range(num_seeds)])
+    try:
+        while done < config.num_episodes:
+            count = min(episodes_per_call, config.num_episodes - done)
+            runner, logs = program(count)(runner, keys)
+            parts.append(jax.tree.map(np.asarray, logs))
+            done += count
+            stacked = _concatenate(parts)
+            if out_dir is not None:
+                write_metrics(Path(out_dir) / "metrics.jsonl", stacked)
+                checkpoint.save_runner(out_dir, runner)
+            if sinks:
+                trackers.write_episodes(sinks, log_columns(parts[-1]), done - count)
+            if on_progress is not None:
+                on_progress(done, stacked)
+    finally:
+        trackers.close_trackers(sinks)
     return RunResult(config, _concatenate(parts), runner, time.perf_counter() - start, compile_seconds)
 
 

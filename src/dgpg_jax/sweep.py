@@ -21,6 +21,12 @@ The directory holds sweep.json (the arguments, and the chunk size chosen per (al
 chunks/<algo>-n<N>-<index>.json (one per finished chunk, written atomically), rows.jsonl
 (every chunk's rows: `pandas.read_json(DIR / "rows.jsonl", lines=True)`), summary.json and
 final_ratio.png. A restarted sweep skips every chunk whose file exists.
+
+Several processes (`distributed.initialize`, one per host) run one sweep: the mesh spans
+every process's devices, each process writes the items on its own devices as
+chunks/<algo>-n<N>-<index>.p<k>of<P>.json, and a chunk is done when all P parts exist.
+Process 0 writes sweep.json, rows.jsonl, summary.json and the plot; DIR must be on a
+filesystem every process sees.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 import time
 import warnings
 from pathlib import Path
@@ -38,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgpg_jax import checkpoint, evaluate, memory, train
+from dgpg_jax import checkpoint, distributed, evaluate, memory, trackers, train
 from dgpg_jax.runner import FINAL_WINDOW, json_safe, log_columns, write_atomic
 from dgpg_jax.validation import check, check_integer, is_integer, is_number
 
@@ -162,6 +169,12 @@ class Sweep:
         return json.loads(json.dumps(out))
 
 
+def run_name(sweep: Sweep, algo: str, num_agents: int, point_index: int) -> str:
+    """A configuration's name: "dgpg-n200" and its grid values, "dgpg-n200-alpha0.4"."""
+    point = sweep.points()[point_index]
+    return "-".join([_group_name(algo, num_agents)] + [f"{name}{value:g}" for name, value in point.items()])
+
+
 def configuration(algo: str, num_agents: int, point: Mapping[str, float]) -> dict:
     return {"algo": algo, "num_agents": num_agents, **{f"grid_{name}": float(v) for name, v in point.items()}}
 
@@ -188,31 +201,59 @@ def _flatten(fields: dict, prefix: str = "") -> dict:
 # ----------------------------------------------------------------------------- programs and memory
 
 def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh `seed` over every local device."""
+    """A 1-D mesh `seed` over every device (of every process, when distributed)."""
     devices = jax.devices()
     return jax.make_mesh((len(devices),), ("seed",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
 def chunk_program(learner: train.Learner, episodes: int, batch: int, mesh: jax.sharding.Mesh):
-    """The compiled `(keys [B], Hyper of [B]) -> EpisodeLog [B, E]` of one (algo, N), the
-    batch axis sharded over `mesh`. Cached per (config, episodes, batch, devices)."""
+    """The compiled `(key data [B, 2], Hyper of [B]) -> EpisodeLog [B, E]` of one (algo, N),
+    the batch axis sharded over `mesh` (raw key data, so that every process can build its
+    part of the input). Cached per (config, episodes, batch, devices)."""
     cache_key = (learner.config, episodes, batch, tuple(mesh.devices.flat))
     if cache_key not in _PROGRAMS:
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+        sharding = _batch_sharding(mesh)
 
-        def one(key, hyper):
+        def one(key_data, hyper):
+            key = jax.random.wrap_key_data(key_data)
             return train.train_episodes(learner, train.init_runner(learner, key, hyper), key, hyper, episodes)[1]
 
         program = jax.jit(jax.vmap(one), in_shardings=(sharding, sharding), out_shardings=sharding)
-        keys = jax.ShapeDtypeStruct((batch,), jax.random.key(0).dtype, sharding=sharding)
+        key_shape = jax.random.key_data(jax.random.key(0)).shape
+        keys = jax.ShapeDtypeStruct((batch,) + key_shape, jnp.uint32, sharding=sharding)
         hyper = train.Hyper(*[jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=sharding)] * 4)
         _PROGRAMS[cache_key] = program.lower(keys, hyper).compile()
     return _PROGRAMS[cache_key]
 
 
+def _batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
+
+
+def _global_array(host: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax.Array:
+    """`host` (the same on every process) as an array sharded by `sharding`; each process
+    places only the parts on its own devices."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _local_part(tree, size: int) -> tuple[list[int], object]:
+    """The batch positions below `size` held by this process's devices, and the leaves of
+    `tree` ([B, ...] arrays sharded on the batch axis) at those positions, as numpy."""
+    def local(leaf):
+        shards = sorted(leaf.addressable_shards, key=lambda s: s.index[0].indices(leaf.shape[0])[0])
+        starts = [s.index[0].indices(leaf.shape[0])[0] for s in shards]
+        keep = [i for i, start in enumerate(starts) if i == 0 or start != starts[i - 1]]  # drop replicas
+        return ([p for i in keep for p in range(*shards[i].index[0].indices(leaf.shape[0]))],
+                np.concatenate([np.asarray(shards[i].data) for i in keep]))
+
+    positions = local(jax.tree.leaves(tree)[0])[0]
+    owned = [i for i, p in enumerate(positions) if p < size]
+    return [positions[i] for i in owned], jax.tree.map(lambda leaf: local(leaf)[1][owned], tree)
+
+
 def available_bytes() -> tuple[int, str]:
-    """Free memory of one device (`memory.available_bytes`) and where the figure comes from."""
-    device = jax.devices()[0]
+    """Free memory of one local device (`memory.available_bytes`) and where the figure comes from."""
+    device = jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     source = f"{device.platform} bytes_limit" if stats and "bytes_limit" in stats else \
         f"host available memory / {jax.local_device_count()} host devices"
@@ -254,16 +295,38 @@ def _group_name(algo: str, n: int) -> str:
     return f"{algo}-n{n}"
 
 
-def chunk_path(out_dir: Path, algo: str, n: int, index: int) -> Path:
-    return Path(out_dir) / "chunks" / f"{_group_name(algo, n)}-{index}.json"
+def chunk_path(out_dir: Path, algo: str, n: int, index: int, process: int = 0, processes: int = 1) -> Path:
+    """One chunk's file, or process `process`'s part of it when the sweep runs in `processes`."""
+    part = "" if processes == 1 else f".p{process}of{processes}"
+    return Path(out_dir) / "chunks" / f"{_group_name(algo, n)}-{index}{part}.json"
+
+
+_CHUNK_FILE = re.compile(r"^(?P<group>.+-n\d+)-(?P<index>\d+)(?:\.p(?P<part>\d+)of(?P<parts>\d+))?\.json$")
+
+
+def _complete_chunks(out_dir: Path) -> dict[tuple[str, int], list[Path]]:
+    """(group, index) -> the files of every finished chunk: its one file, or all P parts of
+    one process layout (part 0 first)."""
+    parts: dict[tuple[str, int, int], dict[int, Path]] = {}
+    for path in (Path(out_dir) / "chunks").glob("*.json"):
+        match = _CHUNK_FILE.match(path.name)
+        if match:
+            total = int(match["parts"] or 1)
+            parts.setdefault((match["group"], int(match["index"]), total), {})[int(match["part"] or 0)] = path
+    complete = {}
+    for (group, index, total), files in sorted(parts.items()):
+        if len(files) == total and (group, index) not in complete:
+            complete[(group, index)] = [files[p] for p in range(total)]
+    return complete
 
 
 def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> dict:
     """Create or reopen DIR; refuse other arguments. Returns sweep.json's content."""
     out_dir = checkpoint.prepare_run_dir(Path(out_dir))
     (out_dir / "chunks").mkdir(exist_ok=True)
-    for stale in (out_dir / "chunks").glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    if distributed.is_main():  # another process's file may be in flight otherwise
+        for stale in (out_dir / "chunks").glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     arguments = sweep.arguments(chunk_seeds)
     path = out_dir / "sweep.json"
     if path.exists():
@@ -281,13 +344,20 @@ def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> dict:
                              "arguments (to continue it) or another directory")
         return saved
     saved = {"arguments": arguments, "plans": {}}
-    write_atomic(path, json.dumps(saved, indent=2) + "\n")
+    if distributed.is_main():
+        write_atomic(path, json.dumps(saved, indent=2) + "\n")
     return saved
 
 
 def read_chunks(out_dir: Path) -> list[dict]:
-    """Every finished chunk of DIR, in group order then index order."""
-    docs = [json.loads(p.read_text()) for p in (Path(out_dir) / "chunks").glob("*.json")]
+    """Every finished chunk of DIR (parts joined, in item order), in group order then index order."""
+    docs = []
+    for files in _complete_chunks(out_dir).values():
+        parts = [json.loads(p.read_text()) for p in files]
+        doc = dict(parts[0])
+        for key in ("items", "rows", "final_histograms"):
+            doc[key] = [x for part in parts for x in part[key]]
+        docs.append(doc)
     return sorted(docs, key=lambda d: (d["group_index"], d["index"]))
 
 
@@ -324,7 +394,8 @@ def _json_number(x):
 
 
 def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_chunks: int | None = None,
-              on_progress: Callable[[dict], None] | None = None, bootstrap_reps: int = 2000) -> dict:
+              on_progress: Callable[[dict], None] | None = None, bootstrap_reps: int = 2000,
+              log: str = "none") -> dict:
     """Run (or continue) `sweep` into `out_dir`; returns the result (also summary.json).
 
     chunk_seeds: items per chunk (rounded up to a multiple of the device count); None
@@ -333,8 +404,11 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     that many chunks (the rest stay to do). on_progress(event): called with
     {"event": "planned", "total", "skipped"} once, {"event": "compiling", "group"} before
     each compile and {"event": "chunk", "group", "index", "done", "total"} after each chunk
-    is written."""
+    is written. log: one of `trackers.TRACKERS`; each finished chunk's runs also go to
+    TensorBoard or W&B under DIR/logs, one tracker run per (configuration, seed), named
+    like "dgpg-n200-alpha0.4/seed_3"."""
     sweep.validate()
+    trackers.check_tracker(log)
     if chunk_seeds is not None:
         check_integer("chunk_seeds", chunk_seeds)
     if max_chunks is not None:
@@ -344,6 +418,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     saved = _open_dir(sweep, out_dir, chunk_seeds)
     mesh = make_mesh()
     devices = mesh.devices.size
+    process, processes = jax.process_index(), jax.process_count()
     total_items = len(sweep.points()) * sweep.seeds
     notify = on_progress or (lambda event: None)
 
@@ -352,76 +427,95 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
         learner = train.make_learner(sweep.group_config(algo, n))
         name = _group_name(algo, n)
         plan = saved["plans"].get(name)
-        if plan is None:
+        if not distributed.from_main(plan is not None):  # process 0's sweep.json decides
             if chunk_seeds is not None:
                 plan = {"chunk_seeds": _round_up(chunk_seeds, devices), "source": "--chunk-seeds"}
             else:
                 notify({"event": "compiling", "group": name})
                 size, estimate = choose_chunk_size(learner, sweep.episodes, total_items, mesh)
+                # every process must run the same chunks: the size that fits them all
+                size = int(distributed.gather(size).min())
                 plan = {"chunk_seeds": size, "source": "memory analysis", "memory": estimate}
             saved["plans"][name] = plan
-            write_atomic(out_dir / "sweep.json", json.dumps(saved, indent=2) + "\n")
-        size = plan["chunk_seeds"]
+            if distributed.is_main():
+                write_atomic(out_dir / "sweep.json", json.dumps(saved, indent=2) + "\n")
+        size = int(distributed.from_main(plan["chunk_seeds"]))
         count = math.ceil(total_items / size)
-        done = [i for i in range(count) if chunk_path(out_dir, algo, n, i).exists()]
+        done = {(name, i) for i in range(count)} & set(_complete_chunks(out_dir))
+        # a chunk is left to do if any process misses it (they must all run the same programs)
+        missing = distributed.gather(np.array([(name, i) not in done for i in range(count)])).any(axis=0)
         groups.append({"algo": algo, "num_agents": n, "learner": learner, "index": g, "chunk_seeds": size,
-                       "batch": _round_up(size, devices), "chunks": count, "done": set(done), "plan": plan})
-    skipped = sum(len(group["done"]) for group in groups)
+                       "batch": _round_up(size, devices), "chunks": count,
+                       "todo": [i for i in range(count) if missing[i]], "plan": plan})
+    skipped = sum(group["chunks"] - len(group["todo"]) for group in groups)
     total = sum(group["chunks"] for group in groups)
     notify({"event": "planned", "total": total, "skipped": skipped})
 
     run, finished, start = 0, skipped, time.perf_counter()
-    keys_of_seeds = jnp.stack([evaluate.seed_keys(s, 1)[0] for s in sweep.seed_values])
-    hypers_of_points = [np.array([[np.asarray(leaf) for leaf in train.default_hyper(
-        sweep.point_config(group["algo"], group["num_agents"], p))] for p in sweep.points()], np.float32)
-        for group in groups]  # [groups] of (points, 4): the Hyper fields of each grid point
+    key_data = np.stack([np.asarray(jax.random.key_data(evaluate.seed_keys(s, 1)[0])) for s in sweep.seed_values])
+    sharding = _batch_sharding(mesh)
     reports = []
-    for group, hypers in zip(groups, hypers_of_points):
+    for group in groups:
+        hypers = np.array([[np.asarray(leaf) for leaf in train.default_hyper(
+            sweep.point_config(group["algo"], group["num_agents"], p))] for p in sweep.points()], np.float32)
+        name = _group_name(group["algo"], group["num_agents"])
         report = {"algo": group["algo"], "num_agents": group["num_agents"], "chunk_seeds": group["chunk_seeds"],
-                  "batch": group["batch"], "devices": devices, "chunks": group["chunks"],
-                  "chunks_skipped": len(group["done"]), "chunks_run": 0, "plan": group["plan"],
+                  "batch": group["batch"], "devices": devices, "processes": processes, "chunks": group["chunks"],
+                  "chunks_skipped": group["chunks"] - len(group["todo"]), "chunks_run": 0, "plan": group["plan"],
                   "compile_seconds": 0.0, "run_seconds": 0.0}
         reports.append(report)
-        todo = [i for i in range(group["chunks"]) if i not in group["done"]]
-        if not todo or (max_chunks is not None and run >= max_chunks):
+        if not group["todo"] or (max_chunks is not None and run >= max_chunks):
             continue
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed"))
-        notify({"event": "compiling", "group": _group_name(group["algo"], group["num_agents"])})
+        notify({"event": "compiling", "group": name})
         t0 = time.perf_counter()
         program = chunk_program(group["learner"], sweep.episodes, group["batch"], mesh)
         report["compile_seconds"] = time.perf_counter() - t0
-        report["program_bytes"] = memory.program_bytes(program)
-        for index in todo:
+        report["program_bytes"] = memory.check_fits(
+            program, f"a chunk of {group['batch']} runs of {name} ({group['batch'] // devices} per device)",
+            "a smaller --chunk-seeds, or none to size chunks from memory")
+        for index in group["todo"]:
             if max_chunks is not None and run >= max_chunks:
                 break
             t0 = time.perf_counter()
             first = index * group["chunk_seeds"]
             items = [divmod(i, sweep.seeds) for i in range(first, min(first + group["chunk_seeds"], total_items))]
             padded = items + [items[-1]] * (group["batch"] - len(items))  # repeats, dropped below
-            keys = jax.device_put(keys_of_seeds[jnp.array([s for _, s in padded])], sharding)
-            table = hypers[np.array([p for p, _ in padded])]
-            hyper = train.Hyper(*(jax.device_put(table[:, i], sharding) for i in range(len(train.Hyper._fields))))
-            logs = jax.tree.map(lambda x: np.asarray(x)[: len(items)], program(keys, hyper))
-            doc = _chunk_doc(sweep, group["index"], group["algo"], group["num_agents"], index, items, logs)
-            write_atomic(chunk_path(out_dir, group["algo"], group["num_agents"], index), json.dumps(doc) + "\n")
-            _write_rows(out_dir, read_chunks(out_dir))
+            points, seeds = (np.array(column) for column in zip(*padded))
+            keys = _global_array(key_data[seeds], sharding)
+            hyper = train.Hyper(*(_global_array(np.ascontiguousarray(hypers[points, i]), sharding)
+                                  for i in range(len(train.Hyper._fields))))
+            positions, logs = _local_part(program(keys, hyper), len(items))
+            doc = _chunk_doc(sweep, group["index"], group["algo"], group["num_agents"], index,
+                             [items[p] for p in positions], logs)
+            write_atomic(chunk_path(out_dir, group["algo"], group["num_agents"], index, process, processes),
+                         json.dumps(doc) + "\n")
+            if log != "none" and positions:
+                runs = [(f"{run_name(sweep, group['algo'], group['num_agents'], p)}/seed_{sweep.seed_values[s]}",
+                         {**configuration(group["algo"], group["num_agents"], sweep.points()[p]),
+                          "seed": sweep.seed_values[s]}) for p, s in (items[q] for q in positions)]
+                trackers.log_episodes(log, out_dir / "logs", log_columns(logs), 0, runs)
+            if distributed.is_main():
+                _write_rows(out_dir, read_chunks(out_dir))
             run += 1
             finished += 1
             report["chunks_run"] += 1
             report["run_seconds"] += time.perf_counter() - t0
-            notify({"event": "chunk", "group": _group_name(group["algo"], group["num_agents"]), "index": index,
-                    "done": finished, "total": total})
+            notify({"event": "chunk", "group": name, "index": index, "done": finished, "total": total})
 
+    distributed.barrier("dgpg-sweep-done")  # every part written before the summary reads them
     docs = read_chunks(out_dir)
-    _write_rows(out_dir, docs)
+    done_chunks = len(docs)
     configurations = summarise(sweep, docs, bootstrap_reps)
     result = {"out": str(out_dir), "chunks_run": run, "chunks_skipped": skipped, "chunks_total": total,
-              "complete": finished == total, "seeds": sweep.seeds, "episodes": sweep.episodes,
+              "complete": done_chunks == total, "seeds": sweep.seeds, "episodes": sweep.episodes,
               "final_window": min(FINAL_WINDOW, sweep.episodes), "grid": list(sweep.grid_names),
-              "wall_seconds": time.perf_counter() - start, "groups": reports, "configurations": configurations}
+              "processes": processes, "wall_seconds": time.perf_counter() - start, "groups": reports,
+              "configurations": configurations}
     result = json_safe(result)
-    write_atomic(out_dir / "summary.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
-    plot_final_ratio(configurations, sweep.grid_names, out_dir / "final_ratio.png")
+    if distributed.is_main():
+        _write_rows(out_dir, docs)
+        write_atomic(out_dir / "summary.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+        plot_final_ratio(configurations, sweep.grid_names, out_dir / "final_ratio.png")
     return result
 
 
