@@ -2,9 +2,9 @@
 sized for the largest utilisation, argument refusal, validation before compile, chunk
 size from memory, 4 host devices, and the CLI's JSON line.
 
-One compiled program serves the whole file: every sweep here has the same (algo, N) config
-and chunk size 4 (the probe size of the memory analysis too), so the in-process program
-cache compiles it once. N = 20 at 0.6 steps per mean job: the job slots J at utilisation
+One pair of compiled programs (training and Best-Fit) serves most of the file: the sweeps
+here share one (algo, N) config and chunk size 4 (the probe size of the memory analysis
+too), so the in-process program cache compiles them once. N = 20 at 0.6 steps per mean job: the job slots J at utilisation
 0.1 (15) are fewer than at 0.9 (20 = N), so a grid over both shows the slot sizing.
 """
 
@@ -103,7 +103,8 @@ def full(tmp_path_factory):
 
 
 def rows(out: Path) -> pd.DataFrame:
-    return pd.read_json(out / "rows.jsonl", lines=True).sort_values(KEY).reset_index(drop=True)
+    frame = pd.read_json(out / "rows.jsonl", lines=True, precise_float=True)
+    return frame.sort_values(KEY).reset_index(drop=True)
 
 
 def test_every_row_exactly_once_and_padding_dropped(full):
@@ -175,6 +176,41 @@ def test_interrupted_sweep_resumes_without_redoing_a_chunk(full, tmp_path):
     pd.testing.assert_frame_equal(rows(out), rows(full[0]))
     again = sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, bootstrap_reps=REPS)
     assert (again["chunks_run"], again["chunks_skipped"]) == (0, 2)
+
+
+def test_best_fit_reference_runs_once_per_seed_and_utilisation(full, tmp_path):
+    """A grid over alpha has the same traces at every point: Best-Fit runs once per seed
+    (3), not once per run (6), and every run's ratio uses it. The base sits at the full
+    sweep's largest utilisation, so the compiled programs are the same."""
+    base = dataclasses.replace(BASE, env=dataclasses.replace(BASE.env, utilisation=0.9))
+    grid = dataclasses.replace(SWEEP, base=base, grid={"alpha": (0.2, 0.6)})
+    result = sweep.run_sweep(grid, tmp_path / "alpha", chunk_seeds=CHUNK, bootstrap_reps=REPS)
+    assert result["groups"][0]["best_fit_references_run"] == 3
+    assert full[1]["groups"][0]["best_fit_references_run"] == 6  # two utilisations: two traces per seed
+    frame, reference = pd.read_json(tmp_path / "alpha" / "rows.jsonl", lines=True, precise_float=True), rows(full[0])
+    high = reference[reference.grid_utilisation == 0.9].sort_values(["seed", "episode"])
+    for alpha in (0.2, 0.6):
+        mine = frame[frame.grid_alpha == alpha].sort_values(["seed", "episode"])
+        for name in ("best_fit_mean_response_time", "best_fit_num_jobs", "best_fit_p99_response_time"):
+            np.testing.assert_allclose(mine[name].to_numpy(np.float64), high[name].to_numpy(np.float64),
+                                       rtol=2e-5, err_msg=name)
+        np.testing.assert_allclose(mine["ratio_to_best_fit"],
+                                   mine["mean_response_time"] / mine["best_fit_mean_response_time"], rtol=1e-5)
+
+
+def test_forced_chunk_that_cannot_fit_is_refused_before_running(full, tmp_path, monkeypatch):
+    """A --chunk-seeds whose program needs more than the free memory: refused (naming the
+    flag) before any chunk runs, and the fresh DIR can be retried."""
+    from dgpg_jax import memory
+
+    out = tmp_path / "small"
+    with monkeypatch.context() as patch:
+        patch.setattr(memory, "available_bytes", lambda device=None: 1024)
+        with pytest.raises(ValueError, match="chunk-seeds"):
+            sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, bootstrap_reps=REPS)
+    assert not list((out / "chunks").glob("*.json")) and not (out / "sweep.json").exists()
+    result = sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, max_chunks=0, bootstrap_reps=REPS)  # memory back
+    assert result["groups"][0]["plan"]["chunk_seeds"] == CHUNK and result["chunks_run"] == 0
 
 
 def no_compile(*args, **kwargs):

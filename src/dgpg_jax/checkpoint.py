@@ -7,6 +7,7 @@ A run directory holds config.json (the TrainConfig plus seed and seeds), metrics
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -51,6 +52,8 @@ def prepare_run_dir(run_dir: Path, resume: Path | None = None, overwrite: bool =
     if (run_dir / "config.json").exists() and not (continues or overwrite):
         raise ValueError(f"out={str(run_dir)!r} already holds a run: allowed --resume {run_dir} to continue it, "
                          "--overwrite to replace it, or another directory")
+    if overwrite and (run_dir / "logs").is_dir():
+        shutil.rmtree(run_dir / "logs")  # the replaced run's tracker files
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

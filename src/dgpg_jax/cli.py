@@ -331,18 +331,12 @@ def cmd_sweep(args) -> None:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from dgpg_jax import algorithms, sweep
+    from dgpg_jax import algorithms, distributed, sweep
     from dgpg_jax.runner import FINAL_WINDOW
-
     from dgpg_jax.trackers import check_tracker
 
     _check_run_flags(args)
     check_tracker(args.log)
-    several = (args.coordinator_address, args.num_processes, args.process_id)
-    if args.distributed or any(flag is not None for flag in several):
-        from dgpg_jax import distributed
-
-        distributed.initialize(*several)  # before anything touches JAX
     if args.episodes_per_call != 1:
         raise ValueError(f"episodes_per_call={args.episodes_per_call!r} is invalid for a sweep: a chunk runs all "
                          "its episodes in one program; allowed 1 (the default)")
@@ -363,9 +357,10 @@ def cmd_sweep(args) -> None:
     base = _train_config(args, algos[0])
     spec = sweep.Sweep(base, algos=tuple(algos), num_agents=tuple(int(size) for size in sizes), grid=tuple(grid),
                        seeds=args.seeds, seed=args.seed).validate()
-    import jax
-
-    main_process = jax.process_index() == 0  # the other processes run silently
+    several = (args.coordinator_address, args.num_processes, args.process_id)
+    if args.distributed or any(flag is not None for flag in several):
+        distributed.initialize(*several)  # after the checks (they touch no JAX), before any program
+    main_process = distributed.is_main()  # the other processes run silently
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                         console=Console(stderr=True), transient=False, disable=not main_process)

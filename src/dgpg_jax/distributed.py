@@ -72,3 +72,41 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def to_host(tree):
+    """The whole of every array of `tree` (sharded over all processes) as numpy, on every process."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def agree(error: Exception | None) -> None:
+    """Raise on every process when any process has a host-side `error` (so none is left
+    waiting in the next collective): its own, or one naming the process that failed."""
+    failed = gather(error is not None)
+    if error is not None:
+        raise error
+    if failed.any():
+        raise ValueError(f"process {int(np.argmax(failed))} refused the sweep (its message is in its output): "
+                         "allowed settings every process can run")
+
+
+def check_shared(directory) -> None:
+    """Raise ValueError on every process unless `directory` is the same folder for all of
+    them (process 0 writes a token there that every process must read back)."""
+    if jax.process_count() == 1:
+        return
+    from pathlib import Path
+
+    token = from_main(np.random.default_rng().integers(0, 2**31 - 1)) if is_main() else from_main(0)
+    path = Path(directory) / ".process-0-token"
+    if is_main():
+        path.write_text(str(int(token)))
+    barrier("dgpg-shared-directory")
+    seen = path.read_text().strip() if path.exists() else ""
+    agree(None if seen == str(int(token)) else ValueError(
+        f"out={str(directory)!r} is invalid on process {jax.process_index()}: process 0's files are not there; "
+        "allowed a directory on a filesystem every process sees"))

@@ -123,11 +123,11 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
             parts.append(jax.tree.map(np.asarray, logs))
             done += count
             stacked = _concatenate(parts)
+            if sinks:  # before the checkpoint: a crash in between repeats points rather than losing them
+                trackers.write_episodes(sinks, log_columns(parts[-1]), done - count)
             if out_dir is not None:
                 write_metrics(Path(out_dir) / "metrics.jsonl", stacked)
                 checkpoint.save_runner(out_dir, runner)
-            if sinks:
-                trackers.write_episodes(sinks, log_columns(parts[-1]), done - count)
             if on_progress is not None:
                 on_progress(done, stacked)
     finally:

@@ -1,5 +1,5 @@
 """Sweeps: many seeds x a grid of traced hyperparameters x algorithms x N, in memory-sized
-chunks over every local device, streamed to a directory and resumable.
+chunks over every device (of every process), streamed to a directory and resumable.
 
     sweep = Sweep(TrainConfig(num_episodes=20), algos=("dgpg", "mappo"), num_agents=(20, 200),
                   grid={"alpha": (0.2, 0.6)}, seeds=64)
@@ -8,18 +8,22 @@ chunks over every local device, streamed to a directory and resumable.
 Configurations are algo x N x the cartesian product of the grids. The grid names are the
 traced `train.Hyper` fields (`alpha` sets alpha_start and alpha_end): for one (algo, N)
 every (grid point, seed) pair is one item of a flat axis, run in chunks of C items by
-ONE compiled program, `jit(vmap(key, hyper -> train_episodes(...)))`, whose chunk axis is
-sharded over a 1-D mesh of all local devices. Shapes (the job slots J and the packed
-update rows) are sized for the largest `utilisation` of the grid; each point's value
-enters as `Hyper.utilisation`.
+one compiled program, `jit(vmap((key, hyper, reference) -> train_episodes(...)))`, whose
+chunk axis is sharded over a 1-D mesh of all devices. Shapes (the job slots J and the
+packed update rows) are sized for the largest `utilisation` of the grid; each point's
+value enters as `Hyper.utilisation`. The Best-Fit reference depends on the traces only,
+that is on (N, utilisation, seed): a second program per N computes it once per such
+triple, and every algorithm and grid point on those traces reuses it (groups run N by N,
+so the host keeps the references of one N).
 
 Seed s is the run key `evaluate.seed_keys(s, 1)[0]`: the run of `dgpg train --seed s
 --seeds 1` with the same flags (and the grid point's values), whatever the chunk size and
 the device count. A sweep's seeds are seed, seed + 1, ..., seed + seeds - 1.
 
 The directory holds sweep.json (the arguments, and the chunk size chosen per (algo, N)),
-chunks/<algo>-n<N>-<index>.json (one per finished chunk, written atomically), rows.jsonl
-(every chunk's rows: `pandas.read_json(DIR / "rows.jsonl", lines=True)`), summary.json and
+chunks/<algo>-n<N>-<index>.json (one per finished chunk, written atomically, its items
+in order), rows.jsonl (every chunk's rows:
+`pandas.read_json(DIR / "rows.jsonl", lines=True, precise_float=True)`), summary.json and
 final_ratio.png. A restarted sweep skips every chunk whose file exists.
 
 Several processes (`distributed.initialize`, one per host) run one sweep: the mesh spans
@@ -206,23 +210,49 @@ def make_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((len(devices),), ("seed",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
+def _reference(learner: train.Learner, episodes: int, key_data: jax.Array, hyper: train.Hyper):
+    return train.best_fit_reference(learner, jax.random.wrap_key_data(key_data), hyper, jnp.int32(0), episodes)
+
+
+def _input_shapes(learner: train.Learner, episodes: int, batch: int, sharding, with_reference: bool) -> tuple:
+    key_shape = jax.random.key_data(jax.random.key(0)).shape
+    keys = jax.ShapeDtypeStruct((batch,) + key_shape, jnp.uint32, sharding=sharding)
+    hyper = train.Hyper(*[jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=sharding)] * len(train.Hyper._fields))
+    if not with_reference:
+        return keys, hyper
+    reference = jax.eval_shape(jax.vmap(lambda k, h: _reference(learner, episodes, k, h)), keys, hyper)
+    return keys, hyper, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), reference)
+
+
 def chunk_program(learner: train.Learner, episodes: int, batch: int, mesh: jax.sharding.Mesh):
-    """The compiled `(key data [B, 2], Hyper of [B]) -> EpisodeLog [B, E]` of one (algo, N),
-    the batch axis sharded over `mesh` (raw key data, so that every process can build its
-    part of the input). Cached per (config, episodes, batch, devices)."""
-    cache_key = (learner.config, episodes, batch, tuple(mesh.devices.flat))
+    """The compiled `(key data [B, 2], Hyper of [B], Best-Fit reference [B, E]) ->
+    EpisodeLog [B, E]` of one (algo, N), the batch axis sharded over `mesh` (raw key data,
+    so that every process can build its part of the input). The reference comes from
+    `reference_program`: it depends on the traces only, so runs on the same traces share
+    it. Cached per (config, episodes, batch, devices)."""
+    cache_key = ("train", learner.config, episodes, batch, tuple(mesh.devices.flat))
     if cache_key not in _PROGRAMS:
         sharding = _batch_sharding(mesh)
 
-        def one(key_data, hyper):
+        def one(key_data, hyper, reference):
             key = jax.random.wrap_key_data(key_data)
-            return train.train_episodes(learner, train.init_runner(learner, key, hyper), key, hyper, episodes)[1]
+            runner = train.init_runner(learner, key, hyper)
+            return train.train_episodes(learner, runner, key, hyper, episodes, reference)[1]
 
-        program = jax.jit(jax.vmap(one), in_shardings=(sharding, sharding), out_shardings=sharding)
-        key_shape = jax.random.key_data(jax.random.key(0)).shape
-        keys = jax.ShapeDtypeStruct((batch,) + key_shape, jnp.uint32, sharding=sharding)
-        hyper = train.Hyper(*[jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=sharding)] * 4)
-        _PROGRAMS[cache_key] = program.lower(keys, hyper).compile()
+        program = jax.jit(jax.vmap(one), in_shardings=(sharding,) * 3, out_shardings=sharding)
+        _PROGRAMS[cache_key] = program.lower(*_input_shapes(learner, episodes, batch, sharding, True)).compile()
+    return _PROGRAMS[cache_key]
+
+
+def reference_program(learner: train.Learner, episodes: int, batch: int, mesh: jax.sharding.Mesh):
+    """The compiled `(key data [B, 2], Hyper of [B]) -> Best-Fit metrics [B, E]` on the
+    traces of episodes 0..E-1 of each run (only `Hyper.utilisation` matters)."""
+    cache_key = ("best_fit", learner.config.env, episodes, batch, tuple(mesh.devices.flat))
+    if cache_key not in _PROGRAMS:
+        sharding = _batch_sharding(mesh)
+        program = jax.jit(jax.vmap(lambda k, h: _reference(learner, episodes, k, h)),
+                          in_shardings=(sharding,) * 2, out_shardings=sharding)
+        _PROGRAMS[cache_key] = program.lower(*_input_shapes(learner, episodes, batch, sharding, False)).compile()
     return _PROGRAMS[cache_key]
 
 
@@ -234,6 +264,13 @@ def _global_array(host: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax
     """`host` (the same on every process) as an array sharded by `sharding`; each process
     places only the parts on its own devices."""
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _inputs(key_data: np.ndarray, seeds: np.ndarray, hyper_rows: np.ndarray, sharding) -> tuple:
+    """The (key data [B, 2], Hyper of [B]) arrays of a batch: seed indices and Hyper rows."""
+    return (_global_array(key_data[seeds], sharding),
+            train.Hyper(*(_global_array(np.ascontiguousarray(hyper_rows[:, i]), sharding)
+                          for i in range(len(train.Hyper._fields)))))
 
 
 def _local_part(tree, size: int) -> tuple[list[int], object]:
@@ -315,7 +352,7 @@ def _complete_chunks(out_dir: Path) -> dict[tuple[str, int], list[Path]]:
             parts.setdefault((match["group"], int(match["index"]), total), {})[int(match["part"] or 0)] = path
     complete = {}
     for (group, index, total), files in sorted(parts.items()):
-        if len(files) == total and (group, index) not in complete:
+        if set(files) == set(range(total)) and (group, index) not in complete:
             complete[(group, index)] = [files[p] for p in range(total)]
     return complete
 
@@ -346,11 +383,12 @@ def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> dict:
     saved = {"arguments": arguments, "plans": {}}
     if distributed.is_main():
         write_atomic(path, json.dumps(saved, indent=2) + "\n")
-    return saved
+    return {**saved, "fresh": True}
 
 
 def read_chunks(out_dir: Path) -> list[dict]:
-    """Every finished chunk of DIR (parts joined, in item order), in group order then index order."""
+    """Every finished chunk of DIR (parts joined in process order, which is the mesh's and so
+    the items' order), in group order then index order."""
     docs = []
     for files in _complete_chunks(out_dir).values():
         parts = [json.loads(p.read_text()) for p in files]
@@ -404,9 +442,13 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     that many chunks (the rest stay to do). on_progress(event): called with
     {"event": "planned", "total", "skipped"} once, {"event": "compiling", "group"} before
     each compile and {"event": "chunk", "group", "index", "done", "total"} after each chunk
-    is written. log: one of `trackers.TRACKERS`; each finished chunk's runs also go to
-    TensorBoard or W&B under DIR/logs, one tracker run per (configuration, seed), named
-    like "dgpg-n200-alpha0.4/seed_3"."""
+    (this process's part of it) is written; groups run sorted by N. log: one of
+    `trackers.TRACKERS`; each finished chunk's runs also go to TensorBoard or W&B under
+    DIR/logs, one tracker run per (configuration, seed), named like
+    "dgpg-n200-alpha0.4/seed_3", before the chunk file is written (a crash repeats
+    points rather than losing them). Raises ValueError, before anything runs, for invalid
+    settings and for chunks whose programs cannot fit the free memory. With several
+    processes, only process 0 writes the shared files."""
     sweep.validate()
     trackers.check_tracker(log)
     if chunk_seeds is not None:
@@ -416,6 +458,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     check_integer("bootstrap_reps", bootstrap_reps)
     out_dir = Path(out_dir)
     saved = _open_dir(sweep, out_dir, chunk_seeds)
+    distributed.check_shared(out_dir)
     mesh = make_mesh()
     devices = mesh.devices.size
     process, processes = jax.process_index(), jax.process_count()
@@ -427,26 +470,53 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
         learner = train.make_learner(sweep.group_config(algo, n))
         name = _group_name(algo, n)
         plan = saved["plans"].get(name)
-        if not distributed.from_main(plan is not None):  # process 0's sweep.json decides
-            if chunk_seeds is not None:
-                plan = {"chunk_seeds": _round_up(chunk_seeds, devices), "source": "--chunk-seeds"}
-            else:
-                notify({"event": "compiling", "group": name})
+        saved_size = int(distributed.from_main(plan["chunk_seeds"] if plan else 0))  # process 0's sweep.json decides
+        if saved_size:
+            plan = plan or {"chunk_seeds": saved_size, "source": "sweep.json of process 0"}
+        elif chunk_seeds is not None:
+            plan = {"chunk_seeds": _round_up(chunk_seeds, devices), "source": "--chunk-seeds"}
+        else:
+            notify({"event": "compiling", "group": name})
+            size, estimate, error = 0, None, None
+            try:
                 size, estimate = choose_chunk_size(learner, sweep.episodes, total_items, mesh)
-                # every process must run the same chunks: the size that fits them all
-                size = int(distributed.gather(size).min())
-                plan = {"chunk_seeds": size, "source": "memory analysis", "memory": estimate}
-            saved["plans"][name] = plan
-            if distributed.is_main():
-                write_atomic(out_dir / "sweep.json", json.dumps(saved, indent=2) + "\n")
-        size = int(distributed.from_main(plan["chunk_seeds"]))
+            except ValueError as refused:
+                error = refused
+            distributed.agree(error)
+            # every process must run the same chunks: the size that fits them all
+            plan = {"chunk_seeds": int(distributed.gather(size).min()), "source": "memory analysis",
+                    "memory": estimate}
+        size = int(plan["chunk_seeds"])
         count = math.ceil(total_items / size)
         done = {(name, i) for i in range(count)} & set(_complete_chunks(out_dir))
         # a chunk is left to do if any process misses it (they must all run the same programs)
-        missing = distributed.gather(np.array([(name, i) not in done for i in range(count)])).any(axis=0)
-        groups.append({"algo": algo, "num_agents": n, "learner": learner, "index": g, "chunk_seeds": size,
-                       "batch": _round_up(size, devices), "chunks": count,
-                       "todo": [i for i in range(count) if missing[i]], "plan": plan})
+        missing_chunks = distributed.gather(np.array([(name, i) not in done for i in range(count)])).any(axis=0)
+        group = {"algo": algo, "num_agents": n, "learner": learner, "index": g, "chunk_seeds": size,
+                 "batch": _round_up(size, devices), "chunks": count,
+                 "todo": [i for i in range(count) if missing_chunks[i]], "plan": plan}
+        if group["todo"]:  # refuse what cannot fit before anything runs (and before the plan is saved)
+            notify({"event": "compiling", "group": name})
+            t0 = time.perf_counter()
+            programs = (chunk_program(learner, sweep.episodes, group["batch"], mesh),
+                        reference_program(learner, sweep.episodes, group["batch"], mesh))
+            group["compile_seconds"] = time.perf_counter() - t0
+            error = None
+            try:
+                group["program_bytes"] = [memory.check_fits(
+                    program, f"a chunk of {group['batch']} {what} of {name} ({group['batch'] // devices} per device)",
+                    "a smaller --chunk-seeds (in another --out), or none to size chunks from memory")
+                    for program, what in zip(programs, ("runs", "Best-Fit references"))]
+            except ValueError as refused:
+                error = refused
+            if error is not None and saved.get("fresh") and distributed.is_main():
+                (out_dir / "sweep.json").unlink(missing_ok=True)  # nothing ran: the same DIR may be retried
+            distributed.agree(error)
+        if name not in saved["plans"]:
+            saved["plans"][name] = plan
+            if distributed.is_main():
+                write_atomic(out_dir / "sweep.json", json.dumps({k: v for k, v in saved.items() if k != "fresh"},
+                                                                indent=2) + "\n")
+        groups.append(group)
     skipped = sum(group["chunks"] - len(group["todo"]) for group in groups)
     total = sum(group["chunks"] for group in groups)
     notify({"event": "planned", "total": total, "skipped": skipped})
@@ -454,25 +524,27 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     run, finished, start = 0, skipped, time.perf_counter()
     key_data = np.stack([np.asarray(jax.random.key_data(evaluate.seed_keys(s, 1)[0])) for s in sweep.seed_values])
     sharding = _batch_sharding(mesh)
-    reports = []
-    for group in groups:
+    reports = [None] * len(groups)
+    references: dict[tuple[float, int], object] = {}  # (utilisation, seed index) -> Best-Fit metrics [E], one N
+    last_n = None
+    for group in sorted(groups, key=lambda group: group["num_agents"]):  # N by N: the references are per N
+        if references and group["num_agents"] != last_n:
+            references.clear()
+        last_n = group["num_agents"]
         hypers = np.array([[np.asarray(leaf) for leaf in train.default_hyper(
             sweep.point_config(group["algo"], group["num_agents"], p))] for p in sweep.points()], np.float32)
         name = _group_name(group["algo"], group["num_agents"])
         report = {"algo": group["algo"], "num_agents": group["num_agents"], "chunk_seeds": group["chunk_seeds"],
                   "batch": group["batch"], "devices": devices, "processes": processes, "chunks": group["chunks"],
                   "chunks_skipped": group["chunks"] - len(group["todo"]), "chunks_run": 0, "plan": group["plan"],
-                  "compile_seconds": 0.0, "run_seconds": 0.0}
-        reports.append(report)
+                  "compile_seconds": 0.0, "run_seconds": 0.0, "best_fit_references_run": 0}
+        reports[group["index"]] = report
         if not group["todo"] or (max_chunks is not None and run >= max_chunks):
             continue
-        notify({"event": "compiling", "group": name})
-        t0 = time.perf_counter()
+        report["compile_seconds"] = group["compile_seconds"]
+        report["program_bytes"], report["best_fit_program_bytes"] = group["program_bytes"]
         program = chunk_program(group["learner"], sweep.episodes, group["batch"], mesh)
-        report["compile_seconds"] = time.perf_counter() - t0
-        report["program_bytes"] = memory.check_fits(
-            program, f"a chunk of {group['batch']} runs of {name} ({group['batch'] // devices} per device)",
-            "a smaller --chunk-seeds, or none to size chunks from memory")
+        best_fit_program = reference_program(group["learner"], sweep.episodes, group["batch"], mesh)
         for index in group["todo"]:
             if max_chunks is not None and run >= max_chunks:
                 break
@@ -481,19 +553,31 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
             items = [divmod(i, sweep.seeds) for i in range(first, min(first + group["chunk_seeds"], total_items))]
             padded = items + [items[-1]] * (group["batch"] - len(items))  # repeats, dropped below
             points, seeds = (np.array(column) for column in zip(*padded))
-            keys = _global_array(key_data[seeds], sharding)
-            hyper = train.Hyper(*(_global_array(np.ascontiguousarray(hypers[points, i]), sharding)
-                                  for i in range(len(train.Hyper._fields))))
-            positions, logs = _local_part(program(keys, hyper), len(items))
+            table = hypers[points]
+            traces = [(float(u), int(s)) for u, s in zip(table[:, train.Hyper._fields.index("utilisation")], seeds)]
+            first_of = {}
+            for position, trace in enumerate(traces):
+                first_of.setdefault(trace, position)
+            new_traces = [trace for trace in first_of if trace not in references]
+            if new_traces:  # Best-Fit on the traces no earlier chunk (of any algo at this N) has seen
+                report["best_fit_references_run"] += len(new_traces)
+                rows = [first_of[trace] for trace in new_traces]
+                rows += [rows[-1]] * (group["batch"] - len(rows))
+                computed = distributed.to_host(best_fit_program(*_inputs(key_data, seeds[rows], table[rows], sharding)))
+                for i, trace in enumerate(new_traces):
+                    references[trace] = jax.tree.map(lambda x, i=i: x[i], computed)
+            reference = jax.tree.map(lambda *xs: _global_array(np.stack(xs), sharding),
+                                     *[references[trace] for trace in traces])
+            positions, logs = _local_part(program(*_inputs(key_data, seeds, table, sharding), reference), len(items))
             doc = _chunk_doc(sweep, group["index"], group["algo"], group["num_agents"], index,
                              [items[p] for p in positions], logs)
-            write_atomic(chunk_path(out_dir, group["algo"], group["num_agents"], index, process, processes),
-                         json.dumps(doc) + "\n")
             if log != "none" and positions:
                 runs = [(f"{run_name(sweep, group['algo'], group['num_agents'], p)}/seed_{sweep.seed_values[s]}",
                          {**configuration(group["algo"], group["num_agents"], sweep.points()[p]),
                           "seed": sweep.seed_values[s]}) for p, s in (items[q] for q in positions)]
                 trackers.log_episodes(log, out_dir / "logs", log_columns(logs), 0, runs)
+            write_atomic(chunk_path(out_dir, group["algo"], group["num_agents"], index, process, processes),
+                         json.dumps(doc) + "\n")
             if distributed.is_main():
                 _write_rows(out_dir, read_chunks(out_dir))
             run += 1

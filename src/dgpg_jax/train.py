@@ -436,10 +436,14 @@ def best_fit_reference(learner: Learner, run_key: jax.Array, hyper: Hyper, first
 
 
 def train_episodes(learner: Learner, runner: RunnerState, run_key: jax.Array, hyper: Hyper,
-                   num_episodes: int) -> tuple[RunnerState, EpisodeLog]:
+                   num_episodes: int, reference: evaluate.EpisodeMetrics | None = None
+                   ) -> tuple[RunnerState, EpisodeLog]:
     """Continue a run by `num_episodes` episodes; logs have a leading [num_episodes] axis.
-    Several calls of fewer episodes give the same result as one call over all of them."""
-    reference = best_fit_reference(learner, run_key, hyper, runner.episode, num_episodes)
+    Several calls of fewer episodes give the same result as one call over all of them.
+    `reference`: `best_fit_reference` of these episodes when the caller already has it
+    (a sweep shares it between runs on the same traces); computed here otherwise."""
+    if reference is None:
+        reference = best_fit_reference(learner, run_key, hyper, runner.episode, num_episodes)
     runner, logs = jax.lax.scan(lambda r, _: _run_episode(learner, run_key, hyper, r), runner, None,
                                 length=num_episodes)
     chex.assert_shape(logs.metrics.mean_response_time, (num_episodes,))
