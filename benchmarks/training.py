@@ -9,8 +9,10 @@ against seeds at N = 200, and the `dgpg train` command cold and with its compila
 - the command: `dgpg train --num-agents 200 --episodes 20 --seeds 1` in a fresh process,
   once with an empty compilation cache and once with the cache it filled.
 
-    python benchmarks/training.py           # N in {5, 50, 200, 1000}, seeds in {1, 8, 32, 64}
+    python benchmarks/training.py           # N in {5, 20, 50, 200, 500, 1000, 1500}, seeds in {1, 8, 64, 512}
     python benchmarks/training.py --quick   # N in {5, 200}, seeds in {1, 8}
+
+Seed counts run 1 episode each (2 for the rows against N).
 
 Writes benchmarks/results/training.{json,md}. Run it alone: timings on a shared CPU are
 upper bounds.
@@ -20,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+import machine
 from dgpg_jax import memory, runner, train
 from dgpg_jax.cli import PRESETS
 from dgpg_jax.env import EnvConfig
@@ -76,8 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    sizes = (5, 200) if args.quick else (5, 50, 200, 1000)
-    seed_counts = (1, 8) if args.quick else (1, 8, 32, 64)
+    sizes = (5, 200) if args.quick else (5, 20, 50, 200, 500, 1000, 1500)
+    seed_counts = (1, 8) if args.quick else (1, 8, 64, 512)
     rows = []
     for preset in ("default", "paper"):
         for n in sizes:
@@ -87,13 +89,13 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     for seeds in seed_counts:
         row = {"benchmark": "vs_seeds", "preset": "default", "num_agents": 200, "seeds": seeds,
-               **timed_run(config_for("default", 200, 2), seeds)}
+               **timed_run(config_for("default", 200, 1), seeds)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     command = {"benchmark": "command", **command_times()}
     print(json.dumps(command), flush=True)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            "machine": f"{machine.describe()}, "
                        f"{memory.available_bytes() / 2**30:.0f} GiB free",
             "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
     RESULTS.mkdir(exist_ok=True)
