@@ -8,6 +8,7 @@ too), so the in-process program cache compiles them once. N = 20 at 0.6 steps pe
 0.1 (15) are fewer than at 0.9 (20 = N), so a grid over both shows the slot sizing.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -255,6 +256,23 @@ def test_cli_bad_grid_exits_2_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and parameter in err[0] and "Traceback" not in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+def test_cli_bad_process_flags_exit_2_with_one_line(tmp_path, capsys):
+    """Refused before jax.distributed starts (a valid set would start it in this process)."""
+    argv = ["sweep", "--num-agents", "20", "--horizon", "20", "--updates-per-episode", "2",
+            "--out", str(tmp_path / "s")]
+    for flags, parameter in ((["--num-processes", "0"], "num_processes"),
+                             (["--num-processes", "2", "--process-id", "5"], "process_id"),
+                             (["--process-id", "-1"], "process_id"),
+                             (["--coordinator-address", "garbage"], "coordinator_address"),
+                             (["--coordinator-address", "host:99999"], "coordinator_address"),
+                             (["--log", "mlflow"], None)):
+        with pytest.raises(SystemExit) if parameter is None else contextlib.nullcontext():
+            assert cli.main([*argv, *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert parameter is None or (len(err) == 1 and parameter in err[0] and "Traceback" not in err[0]), err
+    assert jax.process_count() == 1 and not (tmp_path / "s").exists()
 
 
 def test_chunk_size_from_memory_analysis_and_forced(full, tmp_path):
