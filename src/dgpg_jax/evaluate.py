@@ -167,18 +167,28 @@ def summarise(records: StepRecord, params: EnvParams) -> EpisodeMetrics:
     )
 
 
-def run_episode(act: Act, params: EnvParams, episode_key: jax.Array) -> EpisodeMetrics:
-    """One day from empty queues under `act(key, state, params) -> servers`."""
+def scan_episode(reset_fn: Callable, step_fn: Callable, record: Callable, act: Callable, params,
+                 episode_key: jax.Array):
+    """One day of any Gymnax-style system under `act(key, state, params) -> actions`, on
+    the episode's environment and policy streams (`env_keys`, `policy_keys`). Returns the
+    day's first state and the (T,)-stacked `record(state, actions, reward, info)` of every
+    step; `params.horizon` is the day's length."""
     reset_key, step_keys = env_keys(episode_key, params.horizon)
-    _, state = reset(reset_key, params)
+    _, state = reset_fn(reset_key, params)
 
     def one_step(state, keys):
         env_key, act_key = keys
         actions = act(act_key, state, params)
-        _, next_state, reward, _, info = step(env_key, state, actions, params)
-        return next_state, make_record(state, reward, info)
+        _, next_state, reward, _, info = step_fn(env_key, state, actions, params)
+        return next_state, record(state, actions, reward, info)
 
-    _, records = jax.lax.scan(one_step, state, (step_keys, policy_keys(episode_key, params.horizon)))
+    return state, jax.lax.scan(one_step, state, (step_keys, policy_keys(episode_key, params.horizon)))[1]
+
+
+def run_episode(act: Act, params: EnvParams, episode_key: jax.Array) -> EpisodeMetrics:
+    """One day from empty queues under `act(key, state, params) -> servers`."""
+    _, records = scan_episode(reset, step, lambda state, _, reward, info: make_record(state, reward, info), act,
+                              params, episode_key)
     return summarise(records, params)
 
 

@@ -357,8 +357,9 @@ def _complete_chunks(out_dir: Path) -> dict[tuple[str, int], list[Path]]:
     return complete
 
 
-def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> dict:
-    """Create or reopen DIR; refuse other arguments. Returns sweep.json's content."""
+def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> tuple[dict, bool]:
+    """Create or reopen DIR; refuse other arguments. Returns sweep.json's content and
+    whether this call created it."""
     out_dir = checkpoint.prepare_run_dir(Path(out_dir))
     (out_dir / "chunks").mkdir(exist_ok=True)
     if distributed.is_main():  # another process's file may be in flight otherwise
@@ -379,11 +380,11 @@ def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> dict:
             raise ValueError(f"out={str(out_dir)!r} holds a sweep with other arguments: {name}="
                              f"{flat_new.get(name)!r} differs from its {flat_old.get(name)!r}; allowed the same "
                              "arguments (to continue it) or another directory")
-        return saved
+        return saved, False
     saved = {"arguments": arguments, "plans": {}}
     if distributed.is_main():
         write_atomic(path, json.dumps(saved, indent=2) + "\n")
-    return {**saved, "fresh": True}
+    return saved, True
 
 
 def read_chunks(out_dir: Path) -> list[dict]:
@@ -457,7 +458,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
         check_integer("max_chunks", max_chunks, minimum=0)
     check_integer("bootstrap_reps", bootstrap_reps)
     out_dir = Path(out_dir)
-    saved = _open_dir(sweep, out_dir, chunk_seeds)
+    saved, fresh = _open_dir(sweep, out_dir, chunk_seeds)
     distributed.check_shared(out_dir)
     mesh = make_mesh()
     devices = mesh.devices.size
@@ -508,14 +509,13 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
                     for program, what in zip(programs, ("runs", "Best-Fit references"))]
             except ValueError as refused:
                 error = refused
-            if error is not None and saved.get("fresh") and distributed.is_main():
+            if error is not None and fresh and distributed.is_main():
                 (out_dir / "sweep.json").unlink(missing_ok=True)  # nothing ran: the same DIR may be retried
             distributed.agree(error)
         if name not in saved["plans"]:
             saved["plans"][name] = plan
             if distributed.is_main():
-                write_atomic(out_dir / "sweep.json", json.dumps({k: v for k, v in saved.items() if k != "fresh"},
-                                                                indent=2) + "\n")
+                write_atomic(out_dir / "sweep.json", json.dumps(saved, indent=2) + "\n")
         groups.append(group)
     skipped = sum(group["chunks"] - len(group["todo"]) for group in groups)
     total = sum(group["chunks"] for group in groups)
@@ -528,7 +528,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     references: dict[tuple[float, int], object] = {}  # (utilisation, seed index) -> Best-Fit metrics [E], one N
     last_n = None
     for group in sorted(groups, key=lambda group: group["num_agents"]):  # N by N: the references are per N
-        if references and group["num_agents"] != last_n:
+        if group["num_agents"] != last_n:
             references.clear()
         last_n = group["num_agents"]
         hypers = np.array([[np.asarray(leaf) for leaf in train.default_hyper(

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from dgpg_jax.evaluate import env_keys, policy_keys
+from dgpg_jax.evaluate import scan_episode
 from dgpg_jax.ev.core import reset, step
 from dgpg_jax.ev.types import EVParams, EVState
 from dgpg_jax.ev.valley import reference_cost
@@ -95,17 +95,9 @@ def summarise(records: StepRecord, params: EVParams) -> EpisodeMetrics:
 def rollout(act: Act, params: EVParams, episode_key: jax.Array):
     """One day under `act(key, state, params) -> (J,) candidates`. Returns the day it ran on
     and the (T,)-stacked arrivals each step decided on, actions taken and step records."""
-    reset_key, step_keys = env_keys(episode_key, params.horizon)
-    _, state = reset(reset_key, params)
-
-    def one_step(state, keys):
-        env_key, act_key = keys
-        actions = act(act_key, state, params)
-        _, next_state, reward, _, info = step(env_key, state, actions, params)
-        return next_state, (state.arrivals, actions, make_record(reward, info))
-
-    _, (arrivals, actions, records) = jax.lax.scan(one_step, state,
-                                                   (step_keys, policy_keys(episode_key, params.horizon)))
+    state, (arrivals, actions, records) = scan_episode(
+        reset, step, lambda state, actions, reward, info: (state.arrivals, actions, make_record(reward, info)), act,
+        params, episode_key)
     return state.day, arrivals, actions, records
 
 
