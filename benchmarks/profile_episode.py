@@ -5,7 +5,7 @@ seed, default preset unless --preset paper):
 - rollout: the T steps of the episode under the current policy, with the critic and
   DG-PG's guidance (`train._rollout_step` scanned over the day);
 - guidance: the same rollout for MAPPO (no guidance) subtracted from it;
-- best_fit: the Best-Fit reference on the episode's traces (`train.best_fit_reference`);
+- best_fit: the Best-Fit reference on the episode's traces (`train.reference_metrics`);
 - update: the updates_per_episode PPO updates on the episode's segments (`train._update`);
 - episode: the whole `train.train_episodes(..., 1)`, to check that the parts add up.
 XLA's cost analysis counts a loop body once, whatever its trip count, so the FLOPs and
@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgpg_jax import baselines, evaluate, train
+from dgpg_jax import evaluate, train
 from machine import describe
 from dgpg_jax.cli import PRESETS
-from dgpg_jax.env import EnvConfig, reset, step
+from dgpg_jax.env import EnvConfig
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -57,14 +57,14 @@ def median_seconds(fn, args, repeats: int) -> float:
 
 def rollout_program(learner: train.Learner):
     """(runner, key, hyper) -> the day's transitions, as in `train._run_episode`."""
-    horizon = learner.env_params.horizon
+    horizon = learner.task.params.horizon
 
     def rollout(runner, run_key, hyper):
         key = evaluate.episode_key(train.traces_key(run_key), runner.episode)
         reset_key, step_keys = evaluate.env_keys(key, horizon)
-        env_params = train._env_params(learner, hyper)
-        obs, state = reset(reset_key, env_params)
-        return jax.lax.scan(lambda c, k: train._rollout_step(learner, runner, env_params, c, k), (state, obs),
+        task = train._task(learner, hyper)
+        obs, state = task.reset(reset_key, task.params)
+        return jax.lax.scan(lambda c, k: train._rollout_step(learner, runner, task, c, k), (state, obs),
                             (step_keys, evaluate.policy_keys(key, horizon)))[1][0]
 
     return jax.jit(rollout)
@@ -96,13 +96,14 @@ def cost(jitted, *args) -> tuple[float, float]:
 
 def episode_cost(learner: train.Learner, runner, traj, key, hyper) -> tuple[float, float]:
     """(FLOPs, bytes) of one seed-episode, summed from loop-free programs (module docstring)."""
-    config, horizon = learner.config, learner.env_params.horizon
-    env_params = train._env_params(learner, hyper)
-    obs, state = reset(key, env_params)
+    config, horizon = learner.config, learner.task.params.horizon
+    task = train._task(learner, hyper)
+    env_params = task.params
+    obs, state = task.reset(key, env_params)
     keys = (key, key)
-    rollout = cost(jax.jit(lambda r, s, o, k: train._rollout_step(learner, r, env_params, (s, o), k)),
+    rollout = cost(jax.jit(lambda r, s, o, k: train._rollout_step(learner, r, task, (s, o), k)),
                    runner, state, obs, keys)
-    best_fit = cost(jax.jit(lambda s, k: step(k, s, baselines.BASELINES["best_fit"](k, s, env_params), env_params)),
+    best_fit = cost(jax.jit(lambda s, k: task.step(k, s, task.baselines["best_fit"](k, s, env_params), env_params)),
                     state, key)
     single = train.make_learner(config.__class__(**{**config.__dict__, "num_epochs": 1, "num_minibatches": 1}))
     segment = jax.tree.map(lambda x: x[: config.segment_steps], traj)
@@ -126,7 +127,7 @@ def profile(preset: str, num_agents: int, repeats: int, peak_gflops: float) -> d
             continue
         traj = rollout(runner, key, hyper)
         row["update_seconds"] = median_seconds(update_program(learner), (runner, traj, key), repeats)
-        reference = jax.jit(lambda k, h, learner=learner: train.best_fit_reference(learner, k, h, jnp.int32(0), 1))
+        reference = jax.jit(lambda k, h, learner=learner: train.reference_metrics(learner, k, h, jnp.int32(0), 1))
         row["best_fit_seconds"] = median_seconds(reference, (key, hyper), repeats)
         episode = jax.jit(lambda r, k, h, learner=learner: train.train_episodes(learner, r, k, h, 1))
         compiled = episode.lower(runner, key, hyper).compile()
@@ -136,8 +137,8 @@ def profile(preset: str, num_agents: int, repeats: int, peak_gflops: float) -> d
         row["episode_gbytes_accessed"] = accessed / 1e9
         row["achieved_gflops_per_second"] = row["episode_gflops"] / row["episode_seconds"]
         row["fraction_of_peak"] = row["achieved_gflops_per_second"] / peak_gflops
-        row["num_slots"] = int(learner.env_params.num_slots)
-        row["horizon"] = int(learner.env_params.horizon)
+        row["num_slots"] = int(learner.task.params.num_slots)
+        row["horizon"] = int(learner.task.params.horizon)
     row["guidance_seconds"] = row["rollout_dgpg_seconds"] - row["rollout_mappo_seconds"]
     row["rollout_seconds"] = row["rollout_dgpg_seconds"]
     parts = row["rollout_seconds"] + row["update_seconds"] + row["best_fit_seconds"]

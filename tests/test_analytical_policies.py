@@ -35,11 +35,11 @@ CARRIED = EnvConfig(num_agents=200)
 
 
 @functools.cache
-def metrics(config: EnvConfig, name: str, beta: float | None = None) -> evaluate.EpisodeMetrics:
+def metrics(config: EnvConfig, name: str, beta: float | None = None) :
     """[S, E] episode metrics of a named policy, one jitted program per policy. Cached:
     call it with all three arguments positionally so that equal calls share the entry."""
-    params = make_params(config)
-    run = jax.jit(lambda: evaluate.evaluate(baselines.get_policy(name, beta), params,
+    task = config.make_task()
+    run = jax.jit(lambda: evaluate.evaluate(baselines.get_policy(name, beta), task,
                                             evaluate.seed_keys(0, NUM_SEEDS), NUM_EPISODES))
     return jax.tree.map(np.asarray, run())
 

@@ -141,7 +141,7 @@ def mean_response_in_jobs(names, config, num_seeds=2):
     def metrics_of(index):
         def act(key, state, params):
             return jax.lax.switch(index, policies, key, state, params)
-        return evaluate.evaluate(act, params, evaluate.seed_keys(0, num_seeds), 1)
+        return evaluate.evaluate(act, config.make_task(), evaluate.seed_keys(0, num_seeds), 1)
 
     metrics = jax.jit(jax.vmap(metrics_of))(jnp.arange(len(names)))
     assert metrics.mean_response_time.shape == (len(names), num_seeds, 1)

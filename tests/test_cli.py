@@ -16,7 +16,7 @@ import pytest
 from dgpg_jax import cli
 from dgpg_jax.evaluate import episodes_to_converge
 
-EVAL_KEYS = {"policy", "num_agents", "num_servers", "episodes", "seeds", "num_jobs", "mean_return",
+EVAL_KEYS = {"policy", "num_agents", "episodes", "seeds", "num_jobs", "mean_return",
              "mean_response_time", "p95_response_time", "p99_response_time", "rejection_rate", "utilisation"}
 TRAIN_KEYS = {"algo", "num_agents", "episodes", "seeds", "final_mean_response_time", "final_p99_response_time",
               "best_fit_final_p99_response_time", "final_ratio_to_best_fit", "episodes_to_converge", "wall_seconds",
@@ -36,7 +36,8 @@ def test_eval_json_prints_one_line_per_policy(capsys):
     assert [row["policy"] for row in rows] == ["best_fit", "random"]
     for row in rows:
         assert EVAL_KEYS <= set(row), EVAL_KEYS - set(row)
-        assert (row["num_agents"], row["num_servers"], row["episodes"], row["seeds"]) == (20, 10, 1, 1)
+        assert (row["num_agents"], row["episodes"], row["seeds"]) == (20, 1, 1)
+        assert row["ratio_to_reference"] == row["ratio_to_best_fit"]
         assert all(math.isfinite(row[key]) for key in EVAL_KEYS - {"policy"})
         assert row["mean_response_time"] > 0 and 0 <= row["rejection_rate"] <= 1 and 0 < row["utilisation"] <= 1
     best_fit, random = rows
@@ -65,6 +66,13 @@ def test_eval_json_prints_one_line_per_policy(capsys):
         (["eval", "--policy", "best_fit,best_fit", *SMALL_EVAL], r"policy"),
         (["eval", "--policy", "best_fit", "--beta", "-0.8", *SMALL_EVAL], r"beta"),
         (["eval", "--policy", "best_fit", "--large-shape", "nan", *SMALL_EVAL], r"large_shape"),
+        (["eval", "--task", "ev-charging", "--policy", "greedy", "--beta", "-0.8", *SMALL_EVAL[:-3]], r"beta"),
+        (["eval", "--task", "ev-charging", "--policy", "best_fit", *SMALL_EVAL[:-3]], r"policy"),
+        (["eval", "--task", "ev-charging", "--preset", "paper", *SMALL_EVAL[:-3]], r"preset"),
+        (["eval", "--task", "ev-charging", "--horizon", "1", *SMALL_EVAL[:-3]], r"horizon"),
+        (["eval", "--task", "ev-charging", "--power-probabilities", "0.5", "0.2", "0.2", *SMALL_EVAL[:-3]],
+         r"power_probabilities"),
+        (["sweep", "--task", "ev-charging", "--out", "unused", "--seeds", "1"], r"cloud-scheduling"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, parameter, capsys, tmp_path, monkeypatch):
@@ -255,3 +263,26 @@ def test_train_too_big_for_memory_exits_2_before_running(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs about" in err[0] and "GiB is available" in err[0], err
     assert not (out_dir / "metrics.jsonl").exists()
+
+
+def test_ev_charging_train_and_eval_through_the_same_commands(tmp_path, capsys):
+    """`--task ev-charging`: train prints final_ratio_to_reference (the valley bound), its
+    checkpoint's actor evaluates beside the EV baselines, and a cloud run's checkpoint is
+    refused there."""
+    out_dir = tmp_path / "ev"
+    assert cli.main(["train", "--task", "ev-charging", "--num-agents", "20", "--episodes", "2", "--seeds", "1",
+                     "--out", str(out_dir), "--json"]) == 0
+    summary = json_lines(capsys.readouterr().out)[0]
+    assert summary["task"] == "ev-charging" and summary["num_agents"] == 20
+    assert summary["final_ratio_to_reference"] == summary["final_ratio_to_valley"] >= 1
+    assert summary["final_total_cost"] == pytest.approx(summary["final_ratio_to_reference"]
+                                                        * summary["valley_final_total_cost"], rel=1e-9)
+    assert json.loads((out_dir / "config.json").read_text())["task"] == "ev-charging"
+    assert cli.main(["eval", "--task", "ev-charging", "--num-agents", "30", "--episodes", "1", "--seeds", "1",
+                     "--policy", f"arrival,greedy,checkpoint:{out_dir}", "--json"]) == 0
+    rows = {row["policy"]: row for row in json_lines(capsys.readouterr().out)}
+    assert set(rows) == {"arrival", "greedy", f"checkpoint:{out_dir}", f"checkpoint:{out_dir}:mode"}
+    assert all(row["ratio_to_valley"] >= 1 and row["num_agents"] == 30 for row in rows.values())
+    assert rows["arrival"]["ratio_to_valley"] > rows["greedy"]["ratio_to_valley"]
+    assert cli.main(["eval", "--policy", f"checkpoint:{out_dir}", *SMALL_EVAL]) == 2
+    assert "ev-charging run" in capsys.readouterr().err

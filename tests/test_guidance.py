@@ -29,9 +29,9 @@ import pytest
 from scipy import stats
 
 from dgpg_jax import algorithms, env, train
+from dgpg_jax.algorithms import centred_guidance, normalise
 from dgpg_jax.env.dynamics import server_totals
-from dgpg_jax.guidance import (POTENTIALS, Aggregates, centred_guidance, get_potential, make_aggregates,
-                               make_congestion_potential, normalise)
+from dgpg_jax.guidance import POTENTIALS, Aggregates, make_aggregates, make_congestion_potential
 from dgpg_jax.guidance import candidate_guidance as eager_guidance
 from dgpg_jax.networks import Actor
 
@@ -366,13 +366,15 @@ def actor_case():
 def test_sample_draws_candidates_with_softmax_probabilities():
     """train._sample over many keys: the candidate index of each job is drawn with
     probability softmax(actor logits)_b (pooled chi-square over jobs, p > 1e-3; the same
-    counts reject a uniform draw), the logits returned are the actor's, and the server
-    returned is candidates[i, action_i]."""
+    counts reject a uniform draw), the logits returned are the actor's, and the task's
+    action of a candidate index is the server candidates[i, action_i]."""
     actor, actor_params, state, _, obs, logits, probs = actor_case()
     candidates = state.jobs.candidates
-    sample = jax.jit(jax.vmap(lambda p, o, c, key: train._sample(actor, p, o, c, key), in_axes=(None, None, None, 0)))
-    out_logits, action, server = (np.asarray(x) for x in sample(actor_params, obs, candidates,
-                                                                 jax.random.split(jax.random.key(2), NUM_DRAWS)))
+    sample = jax.jit(jax.vmap(lambda p, o, key: train._sample(actor, p, o, key), in_axes=(None, None, 0)))
+    out_logits, action = (np.asarray(x) for x in sample(actor_params, obs,
+                                                         jax.random.split(jax.random.key(2), NUM_DRAWS)))
+    task = env.EnvConfig(num_agents=10).make_task()
+    server = np.asarray(jax.vmap(lambda a: task.to_actions(state, a))(jnp.asarray(action)))
     num_jobs, k = logits.shape
     assert action.shape == server.shape == (NUM_DRAWS, num_jobs)
     np.testing.assert_allclose(out_logits, np.broadcast_to(logits, out_logits.shape), rtol=1e-6, atol=1e-6)
@@ -392,7 +394,7 @@ def test_learned_policy_samples_servers_and_deterministic_picks_the_argmax():
     actor, actor_params, state, env_params, _, logits, probs = actor_case()
     candidates = np.asarray(state.jobs.candidates)
     num_jobs, m = logits.shape[0], env_params.num_servers
-    act = jax.jit(jax.vmap(train.learned_policy(actor, actor_params), in_axes=(0, None, None)))
+    act = jax.jit(jax.vmap(train.learned_policy(env.EnvConfig(num_agents=10).make_task(), actor, actor_params), in_axes=(0, None, None)))
     servers = np.asarray(act(jax.random.split(jax.random.key(3), NUM_DRAWS), state, env_params))
     assert servers.shape == (NUM_DRAWS, num_jobs)
     counts = np.stack([np.bincount(servers[:, i], minlength=m) for i in range(num_jobs)])
@@ -403,7 +405,8 @@ def test_learned_policy_samples_servers_and_deterministic_picks_the_argmax():
     assert stats.chisquare(counts[reachable], NUM_DRAWS * server_probs[reachable],
                            ddof=num_jobs - 1).pvalue > 1e-3
 
-    deterministic = jax.jit(jax.vmap(train.learned_policy(actor, actor_params, deterministic=True),
+    deterministic = jax.jit(jax.vmap(train.learned_policy(env.EnvConfig(num_agents=10).make_task(), actor, actor_params,
+                                                     deterministic=True),
                                      in_axes=(0, None, None)))
     chosen = np.asarray(deterministic(jax.random.split(jax.random.key(4), 3), state, env_params))
     best = candidates[np.arange(num_jobs), logits.argmax(-1)]
@@ -483,10 +486,15 @@ def test_zero_weight_times_normalised_is_exactly_zero(x):
 # get_potential
 # ---------------------------------------------------------------------------------------
 
+def get_potential(potential):
+    return env.EnvConfig(num_agents=5).make_task().get_potential(potential)
+
+
 def test_get_potential_by_name_and_callable():
     for name, potential in POTENTIALS.items():
         assert get_potential(name) is potential
     assert get_potential(cubic_potential) is cubic_potential
+    assert get_potential(None) is POTENTIALS["area"]
 
 
 @pytest.mark.parametrize("name", ["tracking", "", "AREA"])

@@ -135,11 +135,11 @@ def test_seed_s_is_train_with_that_seed_and_high_load_is_sized(full):
     0.1 one's (which overflows at that load)."""
     out, result = full
     config = SWEEP.point_config("dgpg", 20, {"utilisation": 0.9})
-    assert train.make_learner(SWEEP.group_config("dgpg", 20)).env_params.num_slots == \
-        train.make_learner(config).env_params.num_slots == 20
-    assert train.make_learner(SWEEP.point_config("dgpg", 20, {"utilisation": 0.1})).env_params.num_slots < 20
+    assert train.make_learner(SWEEP.group_config("dgpg", 20)).task.params.num_slots == \
+        train.make_learner(config).task.params.num_slots == 20
+    assert train.make_learner(SWEEP.point_config("dgpg", 20, {"utilisation": 0.1})).task.params.num_slots < 20
     single = runner.run_training(config, seed=6, num_seeds=1, episodes_per_call=2)
-    columns = runner.log_columns(single.logs)
+    columns = runner.log_columns(single.logs, single.task)
     frame = rows(out)
     mine = frame[(frame.grid_utilisation == 0.9) & (frame.seed == 6)].sort_values("episode")
     for name, values in columns.items():

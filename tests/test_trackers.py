@@ -131,7 +131,8 @@ def test_tensorboard_second_call_appends_later_episodes(tmp_path):
 def test_tensorboard_with_real_log_columns(tmp_path):
     """Every scalar of a real EpisodeLog gets a tag; the histograms do not."""
     from dgpg_jax import runner, train
-    from dgpg_jax.evaluate import NUM_BINS, EpisodeMetrics
+    from dgpg_jax.env import EnvConfig
+    from dgpg_jax.env.metrics import NUM_BINS, EpisodeMetrics
 
     def metrics(offset):
         fields = {f.name: np.full((1, 2), offset + i, np.float32)
@@ -140,12 +141,14 @@ def test_tensorboard_with_real_log_columns(tmp_path):
         return EpisodeMetrics(**fields)
 
     quantities = {name: np.full((1, 2), 0.5, np.float32) for name in train.EpisodeLog._fields[2:]}
-    columns = runner.log_columns(train.EpisodeLog(metrics(0.0), metrics(10.0), **quantities))
+    columns = runner.log_columns(train.EpisodeLog(metrics(0.0), metrics(10.0), **quantities),
+                                EnvConfig(num_agents=5).make_task())
     trackers.log_episodes("tensorboard", tmp_path, columns, 4, [("seed_3", {})])
     got = read_scalars(tmp_path / "seed_3")
     names = [f.name for f in dataclasses.fields(EpisodeMetrics) if f.name != "response_time_histogram"]
     assert set(got) == ({f"train/{n}" for n in names} | {f"best_fit/{n}" for n in names}
-                        | {f"train/{n}" for n in train.EpisodeLog._fields[2:]})
+                        | {f"train/{n}" for n in train.EpisodeLog._fields[2:] if n != "ratio_to_reference"}
+                        | {"train/ratio_to_best_fit"})
     assert got["train/ratio_to_best_fit"] == [(5, 0.5), (6, 0.5)]
     assert got["best_fit/mean_response_time"] == [(5, 14.0), (6, 14.0)]  # offset 10 + index 4
 

@@ -33,6 +33,7 @@ from jax.experimental import checkify
 
 from dgpg_jax import baselines, checkpoint, evaluate, runner, train
 from dgpg_jax.env import EnvConfig, job_observation, make_params, reset, service_rate
+from dgpg_jax.env.metrics import histogram_percentiles
 from dgpg_jax.evaluate import seed_keys
 
 BASE = train.TrainConfig(env=EnvConfig(num_agents=5, horizon=100), num_episodes=10, updates_per_episode=2)
@@ -144,7 +145,7 @@ N50 = dataclasses.replace(BASE, env=EnvConfig(num_agents=50, horizon=100))
 
 def learning_curves(program: Program) -> np.ndarray:
     """[seeds, episodes] ratio to Best-Fit, one compiled program run seed by seed."""
-    return np.stack([np.asarray(program(key)[1].ratio_to_best_fit) for key in seed_keys(0, LEARNING_SEEDS)])
+    return np.stack([np.asarray(program(key)[1].ratio_to_reference) for key in seed_keys(0, LEARNING_SEEDS)])
 
 
 @pytest.fixture(scope="module")
@@ -255,11 +256,11 @@ def rollout_once(config: train.TrainConfig, key=jax.random.key(4)):
     """One rollout step of a fresh learner from a state with backlog: (transition, state, logits)."""
     learner = train.make_learner(config)
     runner_state = train.init_runner(learner, jax.random.key(0), train.default_hyper(config))
-    params = learner.env_params
+    params = learner.task.params
     obs, state = reset(jax.random.key(1), params)
     state = state.replace(backlog=jnp.linspace(0.5, 4.0, params.num_servers))
     obs = job_observation(state, params)
-    (_, _), (transition, _) = jax.jit(lambda: train._rollout_step(learner, runner_state, params, (state, obs),
+    (_, _), (transition, _) = jax.jit(lambda: train._rollout_step(learner, runner_state, learner.task, (state, obs),
                                                                    (key, jax.random.key(5))))()
     logits = learner.actor.apply(runner_state.params["actor"], obs)
     return transition, state, logits, params
@@ -303,14 +304,14 @@ def test_rollout_guidance_is_the_hand_formula(first_order, potential, scale):
 def synthetic_segment(config: train.TrainConfig, steps: int = 6):
     """A made-up rollout segment (L steps) with every field set, for the update's pieces."""
     learner = train.make_learner(config)
-    params = learner.env_params
+    params = learner.task.params
     j, k, m = params.num_slots, params.num_candidates, params.num_servers
     rng = np.random.default_rng(0)
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     traj = train.Transition(
         obs=f32(rng.normal(size=(steps, j, k, 10))), valid=jnp.asarray(rng.random((steps, j)) < 0.6),
         action=jnp.asarray(rng.integers(0, k, (steps, j)), jnp.int32), log_prob=f32(np.log(np.full((steps, j), 1 / k))),
-        guidance_advantage=f32(rng.normal(size=(steps, j, k))), server_features=f32(rng.normal(size=(steps, m, 4))),
+        guidance_advantage=f32(rng.normal(size=(steps, j, k))), entity_features=f32(rng.normal(size=(steps, m, 4))),
         global_features=f32(rng.normal(size=(steps, 5))), day_left=f32(np.linspace(1, 0.5, steps)),
         value=f32(rng.normal(size=steps)), job_value=f32(rng.normal(size=(steps, j))),
         reward=f32(-rng.random(steps)), truncated=jnp.zeros(steps, bool).at[-1].set(True))
@@ -346,8 +347,8 @@ def test_exact_guidance_enters_the_loss_as_the_expectation():
     np.testing.assert_array_equal(np.asarray(advantage),
                                   np.asarray(train._advantages(learner, traj, jnp.float32(0.0), jnp.float32(0.0))[0]))
     runner_state = train.init_runner(learner, jax.random.key(0), train.default_hyper(config))
-    jobs = train._pack(traj, advantage, scaled, targets, train.packed_rows(config, learner.env_params))
-    steps = train.StepBatch(traj.server_features, traj.global_features, targets)
+    jobs = train._pack(traj, advantage, scaled, targets, train.packed_rows(config))
+    steps = train.StepBatch(traj.entity_features, traj.global_features, targets)
     with_guidance = train._loss(learner, runner_state.params, jobs, steps, alpha)[1][0]
     without = train._loss(learner, runner_state.params, jobs, steps, jnp.float32(0.0))[1][0]
     logits = learner.actor.apply(runner_state.params["actor"], jobs.obs)
@@ -379,10 +380,10 @@ def test_packed_rows_hand_value():
     rows = int(2343.75 + 6 x 48.41) + 32 = 2666, a multiple of 2 already."""
     config = train.TrainConfig(env=EnvConfig(num_agents=200))
     assert config.env.num_slots == 32
-    assert train.packed_rows(config, make_params(config.env)) == 2666
+    assert train.packed_rows(config) == 2666
     busy = dataclasses.replace(BASE, env=EnvConfig(num_agents=2, servers_per_agent=1.0, mean_job_steps=1.0,
                                                    horizon=100))  # p_peak = 0.94: 94 + 6 sigma + 2 jobs > 100
-    assert train.packed_rows(busy, make_params(busy.env)) == 50 * 2  # capped at L x J
+    assert train.packed_rows(busy) == 50 * 2  # capped at L x J
 
 
 def test_deterministic_learned_policy_takes_the_most_likely_candidate(dgpg_5):
@@ -391,7 +392,7 @@ def test_deterministic_learned_policy_takes_the_most_likely_candidate(dgpg_5):
     params = make_params(EnvConfig(num_agents=50, horizon=100))
     _, state = reset(jax.random.key(2), params)
     actor_params = runner_state.params["actor"]
-    chosen = train.learned_policy(learner.actor, actor_params, deterministic=True)(jax.random.key(3), state, params)
+    chosen = train.learned_policy(learner.task, learner.actor, actor_params, deterministic=True)(jax.random.key(3), state, params)
     logits = learner.actor.apply(actor_params, job_observation(state, params))
     best = np.asarray(state.jobs.candidates)[np.arange(params.num_slots), np.asarray(jnp.argmax(logits, -1))]
     np.testing.assert_array_equal(np.asarray(chosen), best)
@@ -400,12 +401,12 @@ def test_deterministic_learned_policy_takes_the_most_likely_candidate(dgpg_5):
 def test_policy_trained_at_5_agents_runs_at_50(dgpg_5, init_5):
     runner_state, _ = dgpg_5(jax.random.key(0))
     learner = train.make_learner(BASE)
-    params_50 = make_params(EnvConfig(num_agents=50, horizon=100))
+    task_50 = EnvConfig(num_agents=50, horizon=100).make_task()
     keys = seed_keys(1, 2)
 
     @jax.jit
     def evaluate_actor(actor_params):
-        return evaluate.evaluate(train.learned_policy(learner.actor, actor_params), params_50, keys, 2)
+        return evaluate.evaluate(train.learned_policy(learner.task, learner.actor, actor_params), task_50, keys, 2)
 
     trained = evaluate_actor(runner_state.params["actor"])
     untrained = evaluate_actor(init_5(jax.random.key(0)).params["actor"])
@@ -478,15 +479,15 @@ def test_training_sees_the_traces_of_the_best_fit_reference_and_of_evaluate(unin
     Best-Fit reference's, and that reference equals Best-Fit evaluated on
     `traces_key(run_key)`, the traces `dgpg compare` evaluates its baselines on."""
     logs = uninterrupted.logs
-    np.testing.assert_array_equal(logs.metrics.num_jobs, logs.best_fit.num_jobs)
-    params = make_params(BASE.env)
+    np.testing.assert_array_equal(logs.metrics.num_jobs, logs.reference.num_jobs)
+    task = BASE.env.make_task()
     run_keys = jax.vmap(train.traces_key)(seed_keys(0, SEEDS))
-    best_fit = jax.jit(lambda k: evaluate.evaluate(baselines.BASELINES["best_fit"], params, k, BASE.num_episodes))(
+    best_fit = jax.jit(lambda k: evaluate.evaluate(baselines.BASELINES["best_fit"], task, k, BASE.num_episodes))(
         run_keys)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), logs.best_fit,
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), logs.reference,
                  jax.tree.map(np.asarray, best_fit))
-    np.testing.assert_allclose(logs.ratio_to_best_fit,
-                               logs.metrics.mean_response_time / logs.best_fit.mean_response_time, rtol=1e-6)
+    np.testing.assert_allclose(logs.ratio_to_reference,
+                               logs.metrics.mean_response_time / logs.reference.mean_response_time, rtol=1e-6)
 
 
 def test_vmap_of_jitted_train_lowers():
@@ -497,7 +498,7 @@ def test_vmap_of_jitted_train_lowers():
     jnp.sqrt(2.0), a tracer when computed inside jit (jax.eval_shape does not notice)."""
     lowered = jax.jit(jax.vmap(jax.jit(train.make_train(BASE)))).lower(seed_keys(0, SEEDS))
     runner_shape, logs_shape = lowered.out_info
-    assert logs_shape.ratio_to_best_fit.shape == (SEEDS, BASE.num_episodes)
+    assert logs_shape.ratio_to_reference.shape == (SEEDS, BASE.num_episodes)
     assert runner_shape.episode.shape == (SEEDS,)
 
 
@@ -523,7 +524,7 @@ from dgpg_jax.env import EnvConfig
 from dgpg_jax.evaluate import seed_keys
 config = train.TrainConfig(env=EnvConfig(num_agents=5, horizon=20), num_episodes=1, updates_per_episode=2)
 _, logs = jax.jit(jax.vmap(train.make_train(config)))(seed_keys(0, 2))
-print(json.dumps(np.asarray(logs.ratio_to_best_fit).tolist()))
+print(json.dumps(np.asarray(logs.ratio_to_reference).tolist()))
 """
 
 
@@ -554,7 +555,7 @@ def test_resume_and_calls_equal_the_uninterrupted_run(uninterrupted, saved_half)
     assert tree_equal(half.logs, jax.tree.map(lambda x: x[:, :HALF], uninterrupted.logs))
 
     resumed = runner.run_training(BASE, seed=0, num_seeds=SEEDS, resume=run_dir, episodes_per_call=2)
-    assert resumed.logs.ratio_to_best_fit.shape == (SEEDS, BASE.num_episodes)
+    assert resumed.logs.ratio_to_reference.shape == (SEEDS, BASE.num_episodes)
     assert tree_equal(resumed.logs, uninterrupted.logs)
     assert jax.tree.map(lambda x: x.dtype, resumed.logs) == jax.tree.map(lambda x: x.dtype, uninterrupted.logs)
     assert tree_equal(resumed.runner, uninterrupted.runner)
@@ -579,17 +580,17 @@ def test_summary_pools_the_final_window(uninterrupted):
     logs = uninterrupted.logs
     assert summary["algo"] == "dgpg" and summary["num_agents"] == 5 and summary["episodes"] == 10
     assert summary["seeds"] == SEEDS
-    final, best = logs.metrics, logs.best_fit
+    final, best = logs.metrics, logs.reference
     mean = final.response_time_sum[:, -3:].sum() / final.num_jobs[:, -3:].sum()
     best_mean = best.response_time_sum[:, -3:].sum() / best.num_jobs[:, -3:].sum()
     assert summary["final_mean_response_time"] == pytest.approx(mean, rel=1e-6)
     assert summary["final_ratio_to_best_fit"] == pytest.approx(mean / best_mean, rel=1e-6)
-    _, p99 = evaluate.histogram_percentiles(final.response_time_histogram[:, -3:].sum((0, 1)).astype(np.float64))
+    _, p99 = histogram_percentiles(final.response_time_histogram[:, -3:].sum((0, 1)).astype(np.float64))
     assert summary["final_p99_response_time"] == pytest.approx(float(p99), rel=1e-9)
     per_seed = [final.response_time_sum[s, -3:].sum() / final.num_jobs[s, -3:].sum()
                 / (best.response_time_sum[s, -3:].sum() / best.num_jobs[s, -3:].sum()) for s in range(SEEDS)]
     np.testing.assert_allclose(summary["final_ratio_to_best_fit_per_seed"], per_seed, rtol=1e-6)
-    expected = evaluate.episodes_to_converge(logs.ratio_to_best_fit).mean()
+    expected = evaluate.episodes_to_converge(logs.ratio_to_reference).mean()
     assert summary["episodes_to_converge"] == expected
     assert all(math.isfinite(v) for v in summary.values() if isinstance(v, float))
 

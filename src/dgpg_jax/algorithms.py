@@ -57,3 +57,19 @@ def expected_guidance_loss(logits: jax.Array, guidance: jax.Array, valid: jax.Ar
     """
     expected = (jax.nn.softmax(logits, axis=-1) * guidance).sum(-1)
     return -alpha * masked_mean(expected, valid)
+
+
+def centred_guidance(guidance: jax.Array, probs: jax.Array) -> jax.Array:
+    """(J, k) g_i(b) - sum_b' pi(b') g_i(b'): the guidance advantage of each candidate."""
+    return guidance - (probs * guidance).sum(axis=-1, keepdims=True)
+
+
+def normalise(x: jax.Array, mask: jax.Array, centre: bool = True, eps: float = 1e-8) -> jax.Array:
+    """Scale the masked entries to unit second moment, after subtracting their mean if
+    `centre` (for an already-centred quantity such as the guidance, `centre=False` keeps
+    its centring); zeros where masked out. The result is zero only where the shifted x
+    is, so alpha x normalise(...) is an exact zero at alpha = 0, never NaN."""
+    count = jnp.maximum(mask.sum(), 1)
+    mean = jnp.where(mask, x, 0.0).sum() / count if centre else 0.0
+    shifted = jnp.where(mask, x - mean, 0.0)
+    return shifted / jnp.sqrt((shifted**2).sum() / count + eps)

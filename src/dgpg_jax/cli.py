@@ -4,8 +4,11 @@
     dgpg train --algo dgpg --num-agents 200 --episodes 20 --seeds 2 --out runs/dgpg
     dgpg compare --num-agents 200 --episodes 20 --seeds 2 --out runs/main
     dgpg sweep --algo dgpg,mappo --num-agents 20,200 --episodes 20 --seeds 64 --grid alpha=0.2,0.6 --out runs/sweep
+    dgpg train --task ev-charging --num-agents 50 --episodes 10 --out runs/ev
 
-Invalid settings end with a one-line message and exit status 2, before any compilation.
+`--task` picks the system (cloud-scheduling by default, or ev-charging); the environment
+flags are those of its config (`dgpg train --task ev-charging --help`). Invalid settings
+end with a one-line message and exit status 2, before any compilation.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from dgpg_jax.env import EnvConfig
+from dgpg_jax import tasks
 
 PRESETS: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
@@ -27,6 +30,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     "paper": ({"memoryless": True, "mean_job_steps": 0.6, "candidate_sampling": "uniform"}, {"potential": "split"}),
 }
 ENV_FLAG_ALIASES = {"num_candidates": ["--candidates"]}
+FLAG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "tuple[float, ...]": float}
 
 
 def _field_docs(cls) -> dict[str, str]:
@@ -39,10 +43,13 @@ def _field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def _add_env_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("environment (EnvConfig)")
-    docs = _field_docs(EnvConfig)
-    for field in dataclasses.fields(EnvConfig):
+def _add_env_flags(parser: argparse.ArgumentParser, task: str) -> None:
+    parser.add_argument("--task", choices=tuple(tasks.TASKS), default=tasks.DEFAULT_TASK,
+                        help=f"the system (default {tasks.DEFAULT_TASK}); the flags below are this task's")
+    config_class = tasks.config_class(task)
+    group = parser.add_argument_group(f"environment ({config_class.__name__}, task {task})")
+    docs = _field_docs(config_class)
+    for field in dataclasses.fields(config_class):
         flags = ["--" + field.name.replace("_", "-")] + ENV_FLAG_ALIASES.get(field.name, [])
         help_text = f"{docs.get(field.name, '')} (default {field.default})"
         if field.type in (bool, "bool"):
@@ -50,18 +57,22 @@ def _add_env_flags(parser: argparse.ArgumentParser) -> None:
                                default=argparse.SUPPRESS, help=help_text)
         else:
             type_name = field.type if isinstance(field.type, str) else field.type.__name__
-            kind = {"int": int, "float": float, "str": str}[type_name]
-            group.add_argument(*flags, dest=f"env.{field.name}", type=kind, default=argparse.SUPPRESS,
-                               metavar=field.name.upper(), help=help_text)
+            many = type_name.startswith("tuple")
+            group.add_argument(*flags, dest=f"env.{field.name}", type=FLAG_TYPES[type_name], nargs="+" if many else None,
+                               default=argparse.SUPPRESS, metavar=field.name.upper(), help=help_text)
     parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                        help="named setting; explicit flags override it "
+                        help="named setting of cloud scheduling; explicit flags override it "
                              "(paper: memoryless, coarse steps, uniform candidates, split potential)")
 
 
-def _env_config(args) -> EnvConfig:
+def _env_config(args):
+    if args.preset != "default" and args.task != tasks.DEFAULT_TASK:
+        raise ValueError(f"preset={args.preset!r} is invalid for the {args.task} task: allowed default "
+                         f"(the presets are settings of {tasks.DEFAULT_TASK})")
     env_overrides, _ = PRESETS[args.preset]
-    given = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("env.")}
-    return EnvConfig(**{**env_overrides, **given}).validate()
+    given = {k.split(".", 1)[1]: tuple(v) if isinstance(v, list) else v
+             for k, v in vars(args).items() if k.startswith("env.")}
+    return tasks.config_class(args.task)(**{**env_overrides, **given}).validate()
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, episodes: int, seeds: int) -> None:
@@ -80,17 +91,17 @@ def _check_run_flags(args) -> None:
     check_integer("seed", args.seed, minimum=0, maximum=2**32 - 1)
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    from dgpg_jax.guidance import POTENTIALS
+def _add_train_flags(parser: argparse.ArgumentParser, task: str) -> None:
     from dgpg_jax.train import GUIDANCE_MODES
 
+    potentials = tasks.POTENTIAL_NAMES[task]
     group = parser.add_argument_group("training (TrainConfig)")
     group.add_argument("--alpha", type=float, nargs="+", metavar="ALPHA",
                        help="guidance weight: one value = constant, two = linear from the first to the second "
                             "(default 0.9 0.2)")
     group.add_argument("--alpha-decay-episodes", type=int, help="episodes of the linear alpha decay (default 20)")
-    group.add_argument("--potential", choices=tuple(POTENTIALS),
-                       help="guidance potential (default area; paper preset: split)")
+    group.add_argument("--potential", choices=potentials,
+                       help=f"guidance potential (default {potentials[0]}; cloud paper preset: split)")
     group.add_argument("--guidance", choices=GUIDANCE_MODES, help="sampled or exact guidance (default sampled)")
     group.add_argument("--advantage-form", choices=("additive", "convex"),
                        help="how guidance enters (default additive)")
@@ -163,12 +174,44 @@ def _progress():
                     TextColumn("{task.fields[status]}"), console=Console(stderr=True), transient=True)
 
 
-EVAL_COLUMNS = [("policy", "policy", ""), ("mean_response_time", "mean RT", ".3f"),
-                ("p95_response_time", "p95", ".2f"), ("p99_response_time", "p99", ".2f"),
-                ("ratio_to_best_fit", "/ Best-Fit", ".3f"), ("rejection_rate", "rejected", ".4f"),
-                ("utilisation", "utilisation", ".3f"), ("mean_return", "return", ".1f")]
-UNITS = ("response times in mean job times, pooled over all jobs of all seeds and episodes; "
-         "/ Best-Fit = ratio of the pooled means on the same traces")
+@dataclasses.dataclass(frozen=True)
+class View:
+    """How a task's results are shown: table columns (key, header, format), units, the
+    baselines drawn as levels in learning-curve plots, and the plots' y label."""
+
+    eval_columns: list
+    summary_columns: list  # of a training run's summary (train) and of compare's rows
+    units: str
+    plotted: tuple
+    ylabel: str
+    reference: str  # the reference, as the progress bar names it
+
+
+RUN_COLUMNS = [("episodes_to_converge", "episodes to converge", ".1f"), ("wall_seconds", "wall s", ".1f"),
+               ("compile_seconds", "compile s", ".1f")]
+VIEWS = {
+    "cloud-scheduling": View(
+        eval_columns=[("policy", "policy", ""), ("mean_response_time", "mean RT", ".3f"),
+                      ("p95_response_time", "p95", ".2f"), ("p99_response_time", "p99", ".2f"),
+                      ("ratio_to_best_fit", "/ Best-Fit", ".3f"), ("rejection_rate", "rejected", ".4f"),
+                      ("utilisation", "utilisation", ".3f"), ("mean_return", "return", ".1f")],
+        summary_columns=[("mean_response_time", "mean RT", ".3f"), ("p95_response_time", "p95", ".2f"),
+                         ("p99_response_time", "p99", ".2f"), ("best_fit_p99_response_time", "Best-Fit p99", ".2f"),
+                         ("ratio_to_best_fit", "/ Best-Fit", ".3f")],
+        units="response times in mean job times, pooled over all jobs of all seeds and episodes; "
+              "/ Best-Fit = ratio of the pooled means on the same traces",
+        plotted=("greedy", "bestfit_k", "jsq"), ylabel="mean response time / Best-Fit (same traces)",
+        reference="Best-Fit"),
+    "ev-charging": View(
+        eval_columns=[("policy", "policy", ""), ("total_cost", "cost", ".1f"), ("ratio_to_valley", "/ valley", ".3f"),
+                      ("peak_load", "peak kW", ".1f"), ("peak_to_average", "peak / mean", ".3f"),
+                      ("undelivered_energy", "undelivered kWh", ".2f"), ("episode_return", "return", ".2f")],
+        summary_columns=[("total_cost", "cost", ".1f"), ("valley_total_cost", "valley cost", ".1f"),
+                         ("ratio_to_valley", "/ valley", ".3f"), ("peak_to_average", "peak / mean", ".3f")],
+        units="cost per day, mean over seeds and days; / valley = mean cost over the valley-filling bound on "
+              "the same days", plotted=("arrival", "random", "greedy"),
+        ylabel="cost / valley-filling bound (same days)", reference="valley filling"),
+}
 
 
 # ----------------------------------------------------------------------------- eval
@@ -184,12 +227,15 @@ def _comma_list(name: str, spec: str, allowed: str) -> list[str]:
     return items
 
 
-def _policies(spec: str, beta: float | None):
+def _policies(spec: str, beta: float | None, task):
     """(name, act) pairs for --policy: a name, a comma list, `all`, or checkpoint:DIR."""
     from dgpg_jax import baselines, checkpoint, train
 
-    allowed = f"policy names ({', '.join(baselines.BASELINES)}), all, or checkpoint:DIR"
-    names = list(baselines.BASELINES) if spec == "all" else _comma_list("policy", spec, allowed)
+    allowed = f"policy names ({', '.join(task.baselines)}), all, or checkpoint:DIR"
+    names = list(task.baselines) if spec == "all" else _comma_list("policy", spec, allowed)
+    if beta is not None and task.name != tasks.DEFAULT_TASK:
+        raise ValueError(f"beta={beta!r} is invalid for the {task.name} task: it sets the congestion-aware "
+                         f"greedies of {tasks.DEFAULT_TASK}")
     if beta is not None and not any(name in baselines.GREEDY_POLICIES for name in names):
         raise ValueError(f"beta={beta!r} is invalid here: it sets the congestion-aware greedies "
                          f"{baselines.GREEDY_POLICIES}, and --policy {spec!r} has none of them")
@@ -200,29 +246,40 @@ def _policies(spec: str, beta: float | None):
             if not run_dir:
                 raise ValueError(f"policy={name!r} is invalid: "
                                  "allowed checkpoint:DIR with DIR a `dgpg train` directory")
-            actor, actor_params = checkpoint.load_actor(Path(run_dir))
-            out.append((name, train.learned_policy(actor, actor_params)))
-            out.append((name + ":mode", train.learned_policy(actor, actor_params, deterministic=True)))
-        else:
+            actor, actor_params = checkpoint.load_actor(Path(run_dir), task.name)
+            out.append((name, train.learned_policy(task, actor, actor_params)))
+            out.append((name + ":mode", train.learned_policy(task, actor, actor_params, deterministic=True)))
+        elif task.name == tasks.DEFAULT_TASK:
             out.append((name, baselines.get_policy(name, beta)))  # beta applies to the greedies only
+        elif name in task.baselines:
+            out.append((name, task.baselines[name]))
+        else:
+            raise ValueError(f"policy={name!r} is invalid: allowed {allowed}")
     return out
 
 
+def _setting(env_config) -> str:
+    """The sizes of a run, for table titles."""
+    sizes = [f"N={env_config.num_agents}"]
+    if hasattr(env_config, "num_servers"):
+        sizes.append(f"M={env_config.num_servers}")
+    return ", ".join(sizes + [f"k={env_config.num_candidates}", f"T={env_config.horizon}"])
+
+
 def cmd_eval(args) -> None:
-    from dgpg_jax.env import make_params
     from dgpg_jax.evaluate import evaluate_policies, seed_keys
 
     _check_run_flags(args)
     env_config = _env_config(args)
-    policies = _policies(args.policy, args.beta)
-    params = make_params(env_config)
+    task = env_config.make_task()
+    policies = _policies(args.policy, args.beta, task)
+    view = VIEWS[task.name]
     with _progress() as progress:
-        task = progress.add_task("evaluating", total=1, status=f"{len(policies)} policies in one program")
-        rows = evaluate_policies(policies, params, seed_keys(args.seed, args.seeds), args.episodes)
-        progress.update(task, advance=1)
-    _emit(rows, EVAL_COLUMNS, f"N={env_config.num_agents}, M={params.num_servers}, k={params.num_candidates}, "
-          f"{args.episodes} episodes x {args.seeds} seeds, mean_job_steps={env_config.mean_job_steps}; {UNITS}",
-          args.json)
+        bar = progress.add_task("evaluating", total=1, status=f"{len(policies)} policies in one program")
+        rows = evaluate_policies(policies, task, seed_keys(args.seed, args.seeds), args.episodes)
+        progress.update(bar, advance=1)
+    _emit(rows, view.eval_columns, f"{task.name}, {_setting(env_config)}, {args.episodes} episodes x {args.seeds} "
+          f"seeds; {view.units}", args.json)
 
 
 # ----------------------------------------------------------------------------- train
@@ -230,10 +287,11 @@ def cmd_eval(args) -> None:
 def _train_one(config, args, out_dir: Path | None, resume: Path | None, progress):
     from dgpg_jax.runner import run_training
 
-    task = progress.add_task(config.algo, total=config.num_episodes, status="compiling")
+    bar = progress.add_task(config.algo, total=config.num_episodes, status="compiling")
+    reference = VIEWS[args.task].reference
 
     def on_progress(done, logs):
-        progress.update(task, completed=done, status=f"ratio to Best-Fit {logs.ratio_to_best_fit[:, -1].mean():.3f}")
+        progress.update(bar, completed=done, status=f"ratio to {reference} {logs.ratio_to_reference[:, -1].mean():.3f}")
 
     return run_training(config, args.seed, args.seeds, out_dir, resume, args.episodes_per_call, on_progress,
                         getattr(args, "log", "none"))
@@ -255,19 +313,24 @@ def cmd_train(args) -> None:
     out_dir = checkpoint.prepare_run_dir(Path(args.out), resume, args.overwrite)
     with _progress() as progress:
         result = _train_one(config, args, out_dir, resume, progress)
-    plot_learning_curves({config.algo: result.logs.ratio_to_best_fit}, {}, out_dir / "learning_curve.png",
-                         f"{config.algo}, N={config.env.num_agents}")
+    view = VIEWS[result.task.name]
+    plot_learning_curves({config.algo: result.logs.ratio_to_reference}, {}, out_dir / "learning_curve.png",
+                         f"{config.algo}, {result.task.name}, N={config.env.num_agents}",
+                         result.task.reference_name, view.ylabel)
     summary = result.summary()
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _emit([summary], TRAIN_COLUMNS, f"{config.algo}, N={config.env.num_agents}; final {FINAL_WINDOW} episodes; "
-          f"{UNITS}; written to {out_dir}", args.json)
+    columns = [("algo", "run", "")] + [(_final_key(key, result.task), header, fmt)
+                                       for key, header, fmt in view.summary_columns] + RUN_COLUMNS
+    _emit([summary], columns, f"{config.algo}, {result.task.name}, {_setting(config.env)}; final {FINAL_WINDOW} "
+          f"episodes; {view.units}; written to {out_dir}", args.json)
 
 
-TRAIN_COLUMNS = [("algo", "run", ""), ("final_mean_response_time", "mean RT", ".3f"),
-                 ("final_p99_response_time", "p99", ".2f"), ("best_fit_final_p99_response_time", "Best-Fit p99", ".2f"),
-                 ("final_ratio_to_best_fit", "/ Best-Fit", ".3f"),
-                 ("episodes_to_converge", "episodes to converge", ".1f"),
-                 ("wall_seconds", "wall s", ".1f"), ("compile_seconds", "compile s", ".1f")]
+def _final_key(key: str, task) -> str:
+    """The summary key of a pooled metric or ratio: final_<key>, <reference>_final_<metric>."""
+    prefix = task.reference_name + "_"
+    if key.startswith(prefix):
+        return f"{prefix}final_{key.removeprefix(prefix)}"
+    return f"final_{key}"
 
 
 # ----------------------------------------------------------------------------- compare
@@ -275,7 +338,7 @@ TRAIN_COLUMNS = [("algo", "run", ""), ("final_mean_response_time", "mean RT", ".
 def cmd_compare(args) -> None:
     import jax
 
-    from dgpg_jax import algorithms, baselines, checkpoint, train
+    from dgpg_jax import algorithms, checkpoint, train
     from dgpg_jax.evaluate import evaluate_policies, seed_keys
     from dgpg_jax.plots import plot_learning_curves
     from dgpg_jax.runner import FINAL_WINDOW
@@ -283,6 +346,7 @@ def cmd_compare(args) -> None:
     _check_run_flags(args)
     algos = _comma_list("algos", args.algos, f"algorithm names {algorithms.ALGORITHMS}")
     configs = [_train_config(args, algo) for algo in algos]
+    view = VIEWS[args.task]
     out_dir = checkpoint.prepare_run_dir(Path(args.out), overwrite=args.overwrite)
     for algo in algos:
         checkpoint.prepare_run_dir(out_dir / algo, overwrite=args.overwrite)
@@ -291,37 +355,31 @@ def cmd_compare(args) -> None:
     with _progress() as progress:
         for config in configs:
             results[config.algo] = _train_one(config, args, out_dir / config.algo, None, progress)
-        params = train.make_learner(configs[0]).env_params
+        task = results[algos[0]].task
         run_keys = jax.vmap(train.traces_key)(seed_keys(args.seed, args.seeds))
-        task = progress.add_task("baselines", total=1, status=f"{len(baselines.BASELINES)} in one program")
-        rows = evaluate_policies([(n, baselines.get_policy(n)) for n in baselines.BASELINES], params, run_keys,
-                                 window, args.episodes - window)
-        progress.update(task, advance=1)
+        bar = progress.add_task("baselines", total=1, status=f"{len(task.baselines)} in one program")
+        rows = evaluate_policies(list(task.baselines.items()), task, run_keys, window, args.episodes - window)
+        progress.update(bar, advance=1)
     learned = []
     for algo, result in results.items():
         s = result.summary()
-        learned.append({"policy": algo, "mean_response_time": s["final_mean_response_time"],
-                        "p95_response_time": s["final_p95_response_time"],
-                        "p99_response_time": s["final_p99_response_time"],
-                        "ratio_to_best_fit": s["final_ratio_to_best_fit"],
-                        "episodes_to_converge": s["episodes_to_converge"],
-                        "wall_seconds": s["wall_seconds"], "compile_seconds": s["compile_seconds"]})
+        pooled = {key.removeprefix("final_"): value for key, value in s.items()
+                  if key.startswith("final_") and not key.endswith("_per_seed")}
+        learned.append({"policy": algo, **pooled, **{key: s[key] for key in ("episodes_to_converge", "wall_seconds",
+                                                                             "compile_seconds")}})
     table = learned + rows
-    plot_learning_curves({a: r.logs.ratio_to_best_fit for a, r in results.items()},
-                         {r["policy"]: r["ratio_to_best_fit"] for r in rows
-                          if r["policy"] in ("greedy", "bestfit_k", "jsq")},
+    name = f"ratio_to_{task.reference_name}"
+    plot_learning_curves({a: r.logs.ratio_to_reference for a, r in results.items()},
+                         {r["policy"]: r[name] for r in rows if r["policy"] in view.plotted},
                          out_dir / "learning_curves.png",
-                         f"N={configs[0].env.num_agents}, {args.seeds} seeds (preset {args.preset})")
+                         f"{task.name}, N={configs[0].env.num_agents}, {args.seeds} seeds (preset {args.preset})",
+                         task.reference_name, view.ylabel)
     (out_dir / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
-    _emit(table, COMPARE_COLUMNS, f"N={configs[0].env.num_agents}, final {window} of {args.episodes} episodes "
-          f"x {args.seeds} seeds, same traces (preset {args.preset}); {UNITS}; plot: {out_dir / 'learning_curves.png'}",
-          args.json)
-
-
-COMPARE_COLUMNS = [("policy", "policy", ""), ("mean_response_time", "mean RT", ".3f"),
-                   ("p95_response_time", "p95", ".2f"), ("p99_response_time", "p99", ".2f"),
-                   ("ratio_to_best_fit", "/ Best-Fit", ".3f"), ("episodes_to_converge", "episodes to converge", ".1f"),
-                   ("wall_seconds", "wall s", ".1f"), ("compile_seconds", "compile s", ".1f")]
+    columns = [("policy", "policy", "")] + [c for c in view.summary_columns if not c[0].startswith(
+        task.reference_name + "_")] + RUN_COLUMNS
+    _emit(table, columns, f"{task.name}, {_setting(configs[0].env)}, final {window} of {args.episodes} episodes "
+          f"x {args.seeds} seeds, same traces (preset {args.preset}); {view.units}; "
+          f"plot: {out_dir / 'learning_curves.png'}", args.json)
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -393,14 +451,16 @@ def cmd_sweep(args) -> None:
                   ("final_p99_response_time", "p99", ".2f"), ("episodes_to_converge_mean", "episodes to converge",
                                                               ".1f")])
     _emit(rows, columns, f"sweep: {result['chunks_run']} chunks run, {result['chunks_skipped']} skipped; final "
-          f"{FINAL_WINDOW} episodes, per-seed ratio to Best-Fit, 95% stratified-bootstrap CI (rliable); {UNITS}; "
-          f"written to {args.out}", False)
+          f"{FINAL_WINDOW} episodes, per-seed ratio to Best-Fit, 95% stratified-bootstrap CI (rliable); "
+          f"{VIEWS[tasks.DEFAULT_TASK].units}; written to {args.out}", False)
 
 
 # ----------------------------------------------------------------------------- main
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dgpg", description="Descent-Guided Policy Gradient for cloud scheduling")
+def build_parser(task: str = tasks.DEFAULT_TASK) -> argparse.ArgumentParser:
+    """The parser whose environment flags are those of `task`'s config."""
+    parser = argparse.ArgumentParser(prog="dgpg", description="Descent-Guided Policy Gradient for cooperative "
+                                     "multi-agent systems (cloud scheduling, EV charging)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("eval", help="evaluate policies on the same traces")
@@ -410,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "taking its most likely candidate)")
     p.add_argument("--beta", type=float, help="beta of the congestion-aware greedies (default -0.5)")
     _add_run_flags(p, episodes=3, seeds=2)
-    _add_env_flags(p)
+    _add_env_flags(p, task)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train", help="train one algorithm; writes config, metrics, checkpoint and a plot to --out")
@@ -420,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_log_flag(p)
     _add_run_flags(p, episodes=20, seeds=2)
-    _add_train_flags(p)
-    _add_env_flags(p)
+    _add_train_flags(p, task)
+    _add_env_flags(p, task)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several algorithms and evaluate the baselines on the same traces")
@@ -429,8 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     p.add_argument("--overwrite", action="store_true", help="replace runs already in --out")
     _add_run_flags(p, episodes=20, seeds=2)
-    _add_train_flags(p)
-    _add_env_flags(p)
+    _add_train_flags(p, task)
+    _add_env_flags(p, task)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", conflict_handler="resolve",
@@ -452,8 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--distributed", action="store_true",
                        help="start jax.distributed with every setting from the environment (SLURM, Open MPI)")
     _add_run_flags(p, episodes=20, seeds=8)
-    _add_train_flags(p)
-    _add_env_flags(p)
+    _add_train_flags(p, task)
+    _add_env_flags(p, task)
     p.add_argument("--num-agents", default="20", help="comma list of N (default 20)")
     p.set_defaults(func=cmd_sweep)
     return parser
@@ -481,8 +541,17 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
+def _task_of(argv: list[str] | None) -> str:
+    """The --task of a command line (the default when absent or unknown: the full parser
+    then refuses an unknown one with the allowed choices)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", default=tasks.DEFAULT_TASK)
+    name = pre.parse_known_args(argv)[0].task
+    return name if name in tasks.TASKS else tasks.DEFAULT_TASK
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_task_of(argv)).parse_args(argv)
     enable_compilation_cache()
     try:
         args.func(args)

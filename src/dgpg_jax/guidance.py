@@ -71,15 +71,6 @@ POTENTIALS: dict[str, Potential] = {"area": area_potential, "split": split_poten
                                     "congestion": make_congestion_potential(0.6)}
 
 
-def get_potential(potential: str | Potential) -> Potential:
-    """A potential by name (one of POTENTIALS) or a user function, checked before tracing."""
-    if callable(potential):
-        return potential
-    if potential not in POTENTIALS:
-        raise ValueError(f"potential={potential!r} is invalid: allowed one of {tuple(POTENTIALS)} or a callable")
-    return POTENTIALS[potential]
-
-
 def make_aggregates(backlog: jax.Array, arriving_work: jax.Array, service_rate: jax.Array,
                     expected_rate: jax.Array) -> Aggregates:
     """Aggregates of one step; `expected_rate` () is the expected arriving work per step."""
@@ -109,19 +100,3 @@ def candidate_guidance(potential: Potential, agg: Aggregates, size: jax.Array, c
         gradient = jax.grad(lambda a: potential(agg.replace(arriving_work=a)).sum())(agg.arriving_work)
         change = gradient[candidates] * size[:, None]
     return jnp.where(valid[:, None], change, 0.0)
-
-
-def centred_guidance(guidance: jax.Array, probs: jax.Array) -> jax.Array:
-    """(J, k) g_i(b) - sum_b' pi(b') g_i(b'): the guidance advantage of each candidate."""
-    return guidance - (probs * guidance).sum(axis=-1, keepdims=True)
-
-
-def normalise(x: jax.Array, mask: jax.Array, centre: bool = True, eps: float = 1e-8) -> jax.Array:
-    """Scale the masked entries to unit second moment, after subtracting their mean if
-    `centre` (for an already-centred quantity such as the guidance, `centre=False` keeps
-    its centring); zeros where masked out. The result is zero only where the shifted x
-    is, so alpha x normalise(...) is an exact zero at alpha = 0, never NaN."""
-    count = jnp.maximum(mask.sum(), 1)
-    mean = jnp.where(mask, x, 0.0).sum() / count if centre else 0.0
-    shifted = jnp.where(mask, x - mean, 0.0)
-    return shifted / jnp.sqrt((shifted**2).sum() / count + eps)

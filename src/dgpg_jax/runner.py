@@ -17,7 +17,8 @@ import jax
 import numpy as np
 
 from dgpg_jax import checkpoint, memory, trackers, train
-from dgpg_jax.evaluate import EpisodeMetrics, episodes_to_converge, pool, ratio_of_means, seed_keys
+from dgpg_jax.evaluate import episodes_to_converge, ratio_of_means, seed_keys
+from dgpg_jax.task import Task
 from dgpg_jax.validation import check_integer
 
 FINAL_WINDOW = 3  # episodes pooled for "final" figures, the same window as episodes_to_converge
@@ -30,32 +31,33 @@ def _window(logs: train.EpisodeLog, window: int) -> train.EpisodeLog:
 @dataclasses.dataclass
 class RunResult:
     config: train.TrainConfig
+    task: Task
     logs: train.EpisodeLog  # numpy leaves, each [seeds, episodes, ...]
     runner: train.RunnerState  # [seeds]-batched
     wall_seconds: float
     compile_seconds: float
 
     def summary(self) -> dict:
-        """One-line summary. "Final" figures pool the jobs of the last FINAL_WINDOW episodes
-        of every seed (`evaluate.pool`): mean and percentiles of those jobs, and the ratio
-        of the pooled mean to Best-Fit's on the same traces. Times in mean job times."""
-        seeds, episodes = self.logs.ratio_to_best_fit.shape
+        """One-line summary. "Final" figures pool the last FINAL_WINDOW episodes of every
+        seed (`task.pool`; for cloud scheduling the mean and percentiles of those jobs, in
+        mean job times) under `final_<metric>`, the reference's under
+        `<reference>_final_<metric>`, and the ratio of the pooled costs on the same traces
+        as `final_ratio_to_reference` (also `final_ratio_to_<reference>`)."""
+        task, name = self.task, self.task.reference_name
+        seeds, episodes = self.logs.ratio_to_reference.shape
         final = _window(self.logs, min(FINAL_WINDOW, episodes))
-        learned, best_fit = pool(final.metrics), pool(final.best_fit)
-        per_seed = [ratio_of_means(jax.tree.map(lambda x: x[s], final.metrics),
-                                   jax.tree.map(lambda x: x[s], final.best_fit)) for s in range(seeds)]
+        learned, reference = task.pool(final.metrics), task.pool(final.reference)
+        per_seed = [ratio_of_means(task, jax.tree.map(lambda x: x[s], final.metrics),
+                                   jax.tree.map(lambda x: x[s], final.reference)) for s in range(seeds)]
+        ratio = learned[task.cost_key] / reference[task.cost_key]
         return {
-            "algo": self.config.algo, "num_agents": self.config.env.num_agents, "episodes": episodes,
-            "seeds": seeds,
-            "final_mean_response_time": learned["mean_response_time"],
-            "final_p95_response_time": learned["p95_response_time"],
-            "final_p99_response_time": learned["p99_response_time"],
-            "final_rejection_rate": learned["rejection_rate"],
-            "best_fit_final_mean_response_time": best_fit["mean_response_time"],
-            "best_fit_final_p99_response_time": best_fit["p99_response_time"],
-            "final_ratio_to_best_fit": learned["mean_response_time"] / best_fit["mean_response_time"],
-            "final_ratio_to_best_fit_per_seed": per_seed,
-            "episodes_to_converge": float(episodes_to_converge(self.logs.ratio_to_best_fit).mean()),
+            "task": task.name, "algo": self.config.algo, "num_agents": self.config.env.num_agents,
+            "episodes": episodes, "seeds": seeds,
+            **{f"final_{key}": value for key, value in learned.items()},
+            **{f"{name}_final_{key}": value for key, value in reference.items()},
+            "final_ratio_to_reference": ratio, f"final_ratio_to_{name}": ratio,
+            "final_ratio_to_reference_per_seed": per_seed, f"final_ratio_to_{name}_per_seed": per_seed,
+            "episodes_to_converge": float(episodes_to_converge(self.logs.ratio_to_reference).mean()),
             "wall_seconds": self.wall_seconds, "compile_seconds": self.compile_seconds,
         }
 
@@ -76,6 +78,7 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
     if log != "none" and out_dir is None:
         raise ValueError(f"log={log!r} is invalid without an output directory: allowed 'none', or an out_dir")
     learner = train.make_learner(config)
+    task = learner.task
     if resume is not None:
         checkpoint.check_resumable(checkpoint.load_config(resume), (config, seed, num_seeds))
         if not (Path(resume) / "checkpoint").exists():
@@ -110,7 +113,7 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
     parts: list[train.EpisodeLog] = []
     if resume is not None:
         runner = checkpoint.load_runner(resume, runner)
-        parts.append(read_metrics(Path(resume) / "metrics.jsonl", num_seeds, int(runner.episode[0])))
+        parts.append(read_metrics(Path(resume) / "metrics.jsonl", task, num_seeds, int(runner.episode[0])))
     if out_dir is not None:
         checkpoint.save_config(out_dir, config, seed, num_seeds)
     done = int(runner.episode[0])
@@ -124,15 +127,15 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
             done += count
             stacked = _concatenate(parts)
             if sinks:  # before the checkpoint: a crash in between repeats points rather than losing them
-                trackers.write_episodes(sinks, log_columns(parts[-1]), done - count)
+                trackers.write_episodes(sinks, log_columns(parts[-1], task), done - count)
             if out_dir is not None:
-                write_metrics(Path(out_dir) / "metrics.jsonl", stacked)
+                write_metrics(Path(out_dir) / "metrics.jsonl", stacked, task)
                 checkpoint.save_runner(out_dir, runner)
             if on_progress is not None:
                 on_progress(done, stacked)
     finally:
         trackers.close_trackers(sinks)
-    return RunResult(config, _concatenate(parts), runner, time.perf_counter() - start, compile_seconds)
+    return RunResult(config, task, _concatenate(parts), runner, time.perf_counter() - start, compile_seconds)
 
 
 def _check_resume_length(run_dir: Path, num_episodes: int) -> None:
@@ -151,20 +154,28 @@ def _concatenate(parts: list[train.EpisodeLog]) -> train.EpisodeLog:
     return jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
 
 
-def log_columns(logs: train.EpisodeLog) -> dict[str, np.ndarray]:
-    """Flat columns of a log: the metrics under their own names, Best-Fit's prefixed
-    `best_fit_`, then the learner's quantities. The inverse is `log_from_columns`."""
+def _renamed(field: str, task: Task) -> str:
+    """Column name of a learner quantity: the ratio is named after the task's reference."""
+    return f"ratio_to_{task.reference_name}" if field == "ratio_to_reference" else field
+
+
+def log_columns(logs: train.EpisodeLog, task: Task) -> dict[str, np.ndarray]:
+    """Flat columns of a log: the metrics under their own names, the reference's prefixed
+    with its name (`best_fit_`, `valley_`), then the learner's quantities, the ratio as
+    `ratio_to_<reference>`. The inverse is `log_from_columns`."""
     columns = dict(logs.metrics.__dict__)
-    columns.update({f"best_fit_{name}": value for name, value in logs.best_fit.__dict__.items()})
-    columns.update({name: getattr(logs, name) for name in train.EpisodeLog._fields[2:]})
+    columns.update({f"{task.reference_name}_{name}": value for name, value in logs.reference.__dict__.items()})
+    columns.update({_renamed(name, task): getattr(logs, name) for name in train.EpisodeLog._fields[2:]})
     return columns
 
 
-def log_from_columns(columns: dict[str, np.ndarray]) -> train.EpisodeLog:
-    fields = [f.name for f in dataclasses.fields(EpisodeMetrics)]
-    return train.EpisodeLog(metrics=EpisodeMetrics(**{name: columns[name] for name in fields}),
-                            best_fit=EpisodeMetrics(**{name: columns[f"best_fit_{name}"] for name in fields}),
-                            **{name: columns[name] for name in train.EpisodeLog._fields[2:]})
+def log_from_columns(columns: dict[str, np.ndarray], task: Task) -> train.EpisodeLog:
+    metrics_type = type(jax.eval_shape(lambda: task.reference(task.params, jax.random.key(0))))
+    fields = [f.name for f in dataclasses.fields(metrics_type)]
+    return train.EpisodeLog(
+        metrics=metrics_type(**{name: columns[name] for name in fields}),
+        reference=metrics_type(**{name: columns[f"{task.reference_name}_{name}"] for name in fields}),
+        **{name: columns[_renamed(name, task)] for name in train.EpisodeLog._fields[2:]})
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -179,11 +190,11 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_metrics(path: Path, logs: train.EpisodeLog) -> None:
+def write_metrics(path: Path, logs: train.EpisodeLog, task: Task) -> None:
     """metrics.jsonl: one JSON object per (seed, episode), episodes 1-based, histograms as
     lists; replaced atomically."""
-    columns = log_columns(logs)
-    seeds, episodes = logs.ratio_to_best_fit.shape
+    columns = log_columns(logs, task)
+    seeds, episodes = logs.ratio_to_reference.shape
     lines = []
     for s in range(seeds):
         for e in range(episodes):
@@ -192,7 +203,7 @@ def write_metrics(path: Path, logs: train.EpisodeLog) -> None:
     write_atomic(path, "".join(lines))
 
 
-def read_metrics(path: Path, num_seeds: int, episodes: int) -> train.EpisodeLog:
+def read_metrics(path: Path, task: Task, num_seeds: int, episodes: int) -> train.EpisodeLog:
     """The first `episodes` episodes of every seed from a metrics.jsonl."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     rows = sorted((row for row in rows if row["episode"] <= episodes), key=lambda row: (row["seed"], row["episode"]))
@@ -204,7 +215,7 @@ def read_metrics(path: Path, num_seeds: int, episodes: int) -> train.EpisodeLog:
         values = np.array([row[name] for row in rows])  # JSON gives back the float32 values exactly
         values = values.astype(np.int32 if values.dtype.kind == "i" else np.float32)
         columns[name] = values.reshape((num_seeds, episodes) + values.shape[1:])
-    return log_from_columns(columns)
+    return log_from_columns(columns, task)
 
 
 def json_safe(value):

@@ -50,6 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dgpg_jax import checkpoint, distributed, evaluate, memory, trackers, train
+from dgpg_jax.env import EnvConfig
+from dgpg_jax.env.metrics import histogram_percentiles
 from dgpg_jax.runner import FINAL_WINDOW, json_safe, log_columns, write_atomic
 from dgpg_jax.validation import check, check_integer, is_integer, is_number
 
@@ -136,6 +138,9 @@ class Sweep:
         check_integer("seed", self.seed, minimum=0, maximum=2**32 - 1)
         check("seeds", self.seeds, self.seed + self.seeds - 1 <= 2**32 - 1,
               f"at most {2**32 - self.seed} from seed {self.seed} (seeds are below 2^32)")
+        if not isinstance(self.base.env, EnvConfig):
+            raise ValueError(f"env={type(self.base.env).__name__} is invalid for a sweep: its summary pools "
+                             "response-time histograms; allowed the cloud-scheduling task (EnvConfig)")
         if callable(self.base.potential):
             raise ValueError("potential is a function: a sweep saves its arguments; allowed a named potential")
         names = self.grid_names
@@ -211,7 +216,7 @@ def make_mesh() -> jax.sharding.Mesh:
 
 
 def _reference(learner: train.Learner, episodes: int, key_data: jax.Array, hyper: train.Hyper):
-    return train.best_fit_reference(learner, jax.random.wrap_key_data(key_data), hyper, jnp.int32(0), episodes)
+    return train.reference_metrics(learner, jax.random.wrap_key_data(key_data), hyper, jnp.int32(0), episodes)
 
 
 def _input_shapes(learner: train.Learner, episodes: int, batch: int, sharding, with_reference: bool) -> tuple:
@@ -411,7 +416,7 @@ def _chunk_doc(sweep: Sweep, group_index: int, algo: str, n: int, index: int, it
                logs: train.EpisodeLog) -> dict:
     """The rows (one per item and episode) and final-window histograms of one chunk."""
     points, seeds = sweep.points(), sweep.seed_values
-    columns = log_columns(logs)
+    columns = log_columns(logs, sweep.base.env.make_task())
     scalars = {k: v for k, v in columns.items() if k not in HISTOGRAM_COLUMNS}
     window = min(FINAL_WINDOW, sweep.episodes)
     rows, histograms = [], []
@@ -575,7 +580,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
                 runs = [(f"{run_name(sweep, group['algo'], group['num_agents'], p)}/seed_{sweep.seed_values[s]}",
                          {**configuration(group["algo"], group["num_agents"], sweep.points()[p]),
                           "seed": sweep.seed_values[s]}) for p, s in (items[q] for q in positions)]
-                trackers.log_episodes(log, out_dir / "logs", log_columns(logs), 0, runs)
+                trackers.log_episodes(log, out_dir / "logs", log_columns(logs, group["learner"].task), 0, runs)
             write_atomic(chunk_path(out_dir, group["algo"], group["num_agents"], index, process, processes),
                          json.dumps(doc) + "\n")
             if distributed.is_main():
@@ -661,10 +666,10 @@ def summarise(sweep: Sweep, docs: list[dict], bootstrap_reps: int = 2000) -> lis
                     "final_ratio_to_best_fit_per_seed": ratios.tolist(), "seeds": list(per_seed),
                     "final_mean_response_time": total(everything, "response_time_sum")
                     / max(total(everything, "num_jobs"), 1.0),
-                    "final_p99_response_time": float(evaluate.histogram_percentiles(learner_hist)[1]),
+                    "final_p99_response_time": float(histogram_percentiles(learner_hist)[1]),
                     "best_fit_final_mean_response_time": total(everything, "best_fit_response_time_sum")
                     / max(total(everything, "best_fit_num_jobs"), 1.0),
-                    "best_fit_final_p99_response_time": float(evaluate.histogram_percentiles(best_fit_hist)[1]),
+                    "best_fit_final_p99_response_time": float(histogram_percentiles(best_fit_hist)[1]),
                     "episodes_to_converge_mean": float(evaluate.episodes_to_converge(ratio_curves).mean())})
     return out
 

@@ -1,29 +1,29 @@
 """`make_train(config) -> train(key)`: a whole IPPO / MAPPO / DG-PG run as one jitted program.
 
-An episode is one day (T steps from empty queues) and holds `updates_per_episode` PPO
+The learner sees its system only through the `Task` that `config.env.make_task()` builds
+(`dgpg_jax.task`): cloud scheduling, EV charging or a user's own. An episode is one day (T steps from empty queues) and holds `updates_per_episode` PPO
 updates, each on a rollout segment of T / updates_per_episode steps (the env state is
 carried across segments). The run is a `lax.scan` over episodes; seeds are a `vmap` over
 keys; alpha, learning rate and utilisation are traced `Hyper` values, so a grid over
 them is a second `vmap`. Episode e of a run draws its traces from the same key as
-`evaluate.episode_key(traces_key(run_key), e)`, so the ratio to Best-Fit is on the same
-traces.
+`evaluate.episode_key(traces_key(run_key), e)`, so the ratio to the task's reference
+(Best-Fit, valley filling) is on the same traces.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from dgpg_jax import algorithms, baselines, evaluate, guidance, ppo
-from dgpg_jax.env import (EnvConfig, EnvParams, day_left, expected_work_rate, job_observation, make_params, reset,
-                          server_observation, service_rate, step)
-from dgpg_jax.env.dynamics import server_totals
+from dgpg_jax import algorithms, evaluate, ppo
+from dgpg_jax.env import EnvConfig
 from dgpg_jax.networks import Actor, CentralCritic, LocalCritic, policy_distribution
+from dgpg_jax.task import Act, Task
 from dgpg_jax.validation import check, check_choice, check_integer, check_number
 
 GUIDANCE_MODES = ("sampled", "exact")
@@ -36,7 +36,9 @@ class TrainConfig:
 
     algo: str = "dgpg"
     """One of dgpg, mappo, ippo."""
-    env: EnvConfig = EnvConfig()
+    env: Any = EnvConfig()
+    """The system's config (cloud scheduling by default): anything with `validate()`,
+    `make_task()`, `num_agents`, `horizon`, `num_slots` and `peak_arrival_probability`."""
     num_episodes: int = 20
     updates_per_episode: int = 4
     """PPO updates per episode; must divide the horizon."""
@@ -59,8 +61,9 @@ class TrainConfig:
     """Length of the linear decay; independent of num_episodes so a resumed run is exact."""
     advantage_form: str = "additive"
     """additive: A + alpha A_g; convex: (1 - alpha) A + alpha A_g."""
-    potential: str | Callable = "area"
-    """A name in guidance.POTENTIALS or an elementwise potential function."""
+    potential: str | Callable | None = None
+    """A name among the task's potentials (None: its default, `area` for cloud scheduling,
+    `valley` for EV charging) or a potential function of the task's aggregates."""
     guidance: str = "sampled"
     """sampled: A_g at the taken action; exact: expectation over all candidates."""
     first_order: bool = False
@@ -98,12 +101,14 @@ class TrainConfig:
         check("hidden", self.hidden, isinstance(self.hidden, tuple) and len(self.hidden) >= 1
               and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden),
               "a tuple of integers >= 1")
-        guidance.get_potential(self.potential)
-        return self
+        check("potential", self.potential, self.potential is None or isinstance(self.potential, str)
+              or callable(self.potential), "None, a name among the task's potentials or a callable")
+        return self  # the name is checked against the task's potentials by `make_learner` (no JAX here)
 
 
 class Hyper(NamedTuple):
-    """Traced values of a run: a grid over them is a vmap."""
+    """Traced values of a run: a grid over them is a vmap. `utilisation` sets the task's
+    traced load (`Task.traced_load`; unused by a task without one)."""
 
     alpha_start: jax.Array
     alpha_end: jax.Array
@@ -113,7 +118,9 @@ class Hyper(NamedTuple):
 
 def default_hyper(config: TrainConfig) -> Hyper:
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return Hyper(f32(config.alpha_start), f32(config.alpha_end), f32(config.learning_rate), f32(config.env.utilisation))
+    load = config.env.make_task().traced_load
+    return Hyper(f32(config.alpha_start), f32(config.alpha_end), f32(config.learning_rate),
+                 f32(getattr(config.env, load) if load else 0.0))
 
 
 class RunnerState(NamedTuple):
@@ -133,7 +140,7 @@ class Transition(NamedTuple):
     action: jax.Array  # (J,) int32 candidate index
     log_prob: jax.Array  # (J,)
     guidance_advantage: jax.Array  # (J, k) centred with the rollout policy; zeros without guidance
-    server_features: jax.Array  # (M, Fs)
+    entity_features: jax.Array  # (E, Fe) the central critic's per-entity input (servers, slots)
     global_features: jax.Array  # (Fg,)
     day_left: jax.Array  # () fraction of the day left (the local critic's clock)
     value: jax.Array  # () step value (raw units)
@@ -143,12 +150,12 @@ class Transition(NamedTuple):
 
 
 class EpisodeLog(NamedTuple):
-    """Per-episode training log: the episode's metrics, Best-Fit's on the same traces, and
-    the learner's own quantities (one scalar each)."""
+    """Per-episode training log: the episode's task metrics, the reference's on the same
+    traces, and the learner's own quantities (one scalar each)."""
 
-    metrics: evaluate.EpisodeMetrics
-    best_fit: evaluate.EpisodeMetrics
-    ratio_to_best_fit: jax.Array  # () mean response time over Best-Fit's, this episode
+    metrics: Any
+    reference: Any
+    ratio_to_reference: jax.Array  # () cost over the reference's, this episode
     entropy: jax.Array
     policy_loss: jax.Array
     value_loss: jax.Array
@@ -160,17 +167,18 @@ class Learner(NamedTuple):
     """Static pieces of a run, built once on the host."""
 
     config: TrainConfig
-    env_params: EnvParams
+    task: Task
     actor: Actor
     critic: CentralCritic | LocalCritic
-    potential: guidance.Potential
+    potential: Any
 
 
 def make_learner(config: TrainConfig) -> Learner:
     config.validate()
     critic = CentralCritic(config.hidden) if algorithms.uses_central_critic(config.algo) else LocalCritic(config.hidden)
-    potential = guidance.get_potential(config.potential)
-    return Learner(config, make_params(config.env), Actor(config.hidden), critic, potential)
+    task = config.env.make_task()
+    return Learner(config, task, Actor(config.hidden), critic,
+                   task.get_potential(config.potential, exact=not config.first_order))
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -180,89 +188,89 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
 
 
-def _env_params(learner: Learner, hyper: Hyper) -> EnvParams:
-    return learner.env_params.replace(utilisation=hyper.utilisation)
+def _task(learner: Learner, hyper: Hyper) -> Task:
+    """The learner's task with the traced load of `hyper`."""
+    task = learner.task
+    return dataclasses.replace(task, params=task.apply_load(task.params, hyper.utilisation))
 
 
 def init_runner(learner: Learner, run_key: jax.Array, hyper: Hyper) -> RunnerState:
     """Fresh networks, optimiser and value normaliser for one run key."""
-    params_env = _env_params(learner, hyper)
+    task = _task(learner, hyper)
     init_key = jax.random.split(run_key)[0]
     actor_key, critic_key = jax.random.split(init_key)
-    obs, state = reset(jax.random.key(0), params_env)  # any state: only the shapes matter
+    obs, state = task.reset(jax.random.key(0), task.params)  # any state: only the shapes matter
     if algorithms.uses_central_critic(learner.config.algo):
-        critic_params = learner.critic.init(critic_key, *server_observation(state, params_env))
+        critic_params = learner.critic.init(critic_key, *task.critic_inputs(state, task.params))
     else:
-        critic_params = learner.critic.init(critic_key, obs, day_left(params_env, state.time))
+        critic_params = learner.critic.init(critic_key, obs, task.clock(state, task.params))
     params = {"actor": learner.actor.init(actor_key, obs), "critic": critic_params}
     opt_state = optax.tree_utils.tree_set(make_optimizer(learner.config).init(params),
                                           learning_rate=hyper.learning_rate)
     return RunnerState(params, opt_state, ppo.running_norm_init(), jnp.zeros((), jnp.int32))
 
 
-def _critic_values(learner: Learner, params: dict, norm: ppo.RunningNorm, obs, server_features, global_features,
+def _critic_values(learner: Learner, params: dict, norm: ppo.RunningNorm, obs, entity_features, global_features,
                    clock, valid):
-    """Step value () and per-job values (J,), raw units; `clock` is the fraction of the day left."""
+    """Step value () and per-row values (J,), raw units; `clock` is the fraction of the day left."""
     if algorithms.uses_central_critic(learner.config.algo):
-        value = ppo.unstandardise(norm, learner.critic.apply(params["critic"], server_features, global_features))
+        value = ppo.unstandardise(norm, learner.critic.apply(params["critic"], entity_features, global_features))
         return value, jnp.broadcast_to(value, valid.shape)
     job_value = ppo.unstandardise(norm, learner.critic.apply(params["critic"], obs, clock))
     value = jnp.where(valid.any(), ppo.masked_mean(job_value, valid), job_value.mean())
     return value, job_value
 
 
-def _sample(actor: Actor, actor_params, obs: jax.Array, candidates: jax.Array, key: jax.Array):
-    """Sample a candidate per job: (logits (J, k), candidate index (J,), server (J,))."""
+def _sample(actor: Actor, actor_params, obs: jax.Array, key: jax.Array):
+    """Sample a candidate per row: (logits (J, k), candidate index (J,))."""
     logits = actor.apply(actor_params, obs)
-    action = policy_distribution(logits).sample(seed=key).astype(jnp.int32)
-    return logits, action, baselines.pick_candidate(candidates, action)
+    return logits, policy_distribution(logits).sample(seed=key).astype(jnp.int32)
 
 
-def learned_policy(actor: Actor, actor_params, deterministic: bool = False) -> baselines.Policy:
-    """A trained actor as a policy of the baselines' signature: sampling as in training,
-    or the most likely candidate (`deterministic`). It runs at any N, M and k."""
+def learned_policy(task: Task, actor: Actor, actor_params, deterministic: bool = False) -> Act:
+    """A trained actor as a policy of `task` (the baselines' signature): sampling as in
+    training, or the most likely candidate (`deterministic`). It runs at any size of the
+    task (N, M, k, T)."""
 
     def act(key, state, params):
-        obs = job_observation(state, params)
+        obs = task.observe(state, params)
         if deterministic:
-            return baselines.pick_candidate(state.jobs.candidates, jnp.argmax(actor.apply(actor_params, obs), axis=-1))
-        return _sample(actor, actor_params, obs, state.jobs.candidates, key)[2]
+            return task.to_actions(state, jnp.argmax(actor.apply(actor_params, obs), axis=-1))
+        return task.to_actions(state, _sample(actor, actor_params, obs, key)[1])
 
     return act
 
 
-def _rollout_step(learner: Learner, runner: RunnerState, env_params: EnvParams, carry, keys):
+def _rollout_step(learner: Learner, runner: RunnerState, task: Task, carry, keys):
     """Act, compute guidance, step the environment; returns the new carry and a transition."""
     env_state, obs = carry
     env_key, policy_key = keys
-    jobs = env_state.jobs
-    logits, action, server = _sample(learner.actor, runner.params["actor"], obs, jobs.candidates, policy_key)
+    params = task.params
+    valid = task.valid(env_state)
+    logits, action = _sample(learner.actor, runner.params["actor"], obs, policy_key)
     # The barrier keeps XLA from fusing the stored log-probabilities with the guidance's
     # softmax of the same logits, which changed them by an ulp: DG-PG at alpha = 0 would
     # then drift from MAPPO instead of matching it bit for bit.
     logits, log_prob = jax.lax.optimization_barrier((logits, policy_distribution(logits).log_prob(action)))
-    server_features, global_features = server_observation(env_state, env_params)
-    clock = day_left(env_params, env_state.time)
-    value, job_value = _critic_values(learner, runner.params, runner.value_norm, obs, server_features,
-                                      global_features, clock, jobs.valid)
+    entity_features, global_features = task.critic_inputs(env_state, params)
+    clock = task.clock(env_state, params)
+    value, job_value = _critic_values(learner, runner.params, runner.value_norm, obs, entity_features,
+                                      global_features, clock, valid)
     if algorithms.uses_guidance(learner.config.algo):
-        mu = service_rate(env_params)
-        agg = guidance.make_aggregates(
-            env_state.backlog, server_totals(server, jobs.size, jobs.valid, env_params.num_servers), mu,
-            expected_work_rate(env_params, env_state.time, env_state.burst_steps_left > 0))
-        guidance_at = guidance.candidate_guidance(learner.potential, agg, jobs.size, jobs.candidates, server,
-                                                  jobs.valid, exact=not learner.config.first_order)
-        guidance_advantage = guidance.centred_guidance(guidance_at, jax.nn.softmax(logits, axis=-1))
+        guidance_at = task.guidance(learner.potential, env_state, action, params, not learner.config.first_order)
+        guidance_advantage = algorithms.centred_guidance(guidance_at, jax.nn.softmax(logits, axis=-1))
     else:
         guidance_advantage = jnp.zeros_like(logits)
-    next_obs, next_state, reward, done, info = step(env_key, env_state, server, env_params)
-    transition = Transition(obs, jobs.valid, action, log_prob, guidance_advantage, server_features,
+    actions = task.to_actions(env_state, action)
+    next_obs, next_state, reward, done, info = task.step(env_key, env_state, actions, params)
+    transition = Transition(obs, valid, action, log_prob, guidance_advantage, entity_features,
                             global_features, clock, value, job_value, reward, info["truncated"])
-    return (next_state, next_obs), (transition, evaluate.make_record(env_state, reward, info))
+    return (next_state, next_obs), (transition, task.record(env_state, actions, reward, info))
 
 
 class JobBatch(NamedTuple):
-    """The valid jobs of a rollout segment, packed into rows for the actor (and local critic)."""
+    """The valid decisions (jobs) of a rollout segment, packed into rows for the actor (and
+    local critic)."""
 
     obs: jax.Array  # (C, k, F)
     valid: jax.Array  # (C,) bool, row holds a job
@@ -277,16 +285,16 @@ class JobBatch(NamedTuple):
 class StepBatch(NamedTuple):
     """The steps of a rollout segment, for the central critic."""
 
-    server_features: jax.Array  # (L, M, Fs)
+    entity_features: jax.Array  # (L, E, Fe)
     global_features: jax.Array  # (L, Fg)
     target: jax.Array  # (L,) standardised value target
 
 
-def packed_rows(config: TrainConfig, env_params: EnvParams) -> int:
-    """Rows C holding a segment's jobs: the expected count at the peak rate + 6 sigma + J,
-    rounded up to whole minibatches, at most L x J. A job beyond C (beyond 6 sigma) is
-    left out of that update, never out of the environment or the metrics."""
-    steps, slots = config.segment_steps, env_params.num_slots
+def packed_rows(config: TrainConfig) -> int:
+    """Rows C holding a segment's decisions: the expected count at the peak rate + 6 sigma
+    + J, rounded up to whole minibatches, at most L x J. A decision beyond C (beyond 6
+    sigma) is left out of that update, never out of the environment or the metrics."""
+    steps, slots = config.segment_steps, config.env.num_slots
     mean = steps * config.env.num_agents * min(1.0, config.env.peak_arrival_probability)
     rows = min(steps * slots, int(mean + 6 * mean**0.5) + slots)
     return -(-rows // config.num_minibatches) * config.num_minibatches
@@ -314,7 +322,7 @@ def _loss(learner: Learner, params: dict, jobs: JobBatch, steps: StepBatch, alph
         policy_loss = policy_loss + algorithms.expected_guidance_loss(logits, jobs.guidance, jobs.valid, alpha)
     entropy = ppo.masked_mean(dist.entropy(), jobs.valid)
     if algorithms.uses_central_critic(config.algo):
-        prediction = jax.vmap(learner.critic.apply, in_axes=(None, 0, 0))(params["critic"], steps.server_features,
+        prediction = jax.vmap(learner.critic.apply, in_axes=(None, 0, 0))(params["critic"], steps.entity_features,
                                                                           steps.global_features)
         value_loss = jnp.mean((prediction - steps.target) ** 2)
     else:
@@ -332,7 +340,7 @@ def _advantages(learner: Learner, traj: Transition, bootstrap: jax.Array, alpha:
     # The horizon ends the day and the day's return is the objective: no bootstrap across it.
     next_values = jnp.where(traj.truncated, 0.0, next_values)
     _, targets = ppo.gae(traj.reward, traj.value, next_values, traj.truncated, config.gamma, config.gae_lambda)
-    return_advantage = guidance.normalise(targets[:, None] - traj.job_value, traj.valid)
+    return_advantage = algorithms.normalise(targets[:, None] - traj.job_value, traj.valid)
     if not algorithms.uses_guidance(config.algo):
         return return_advantage, jnp.zeros_like(traj.guidance_advantage), targets, jnp.zeros(())
     taken = jnp.take_along_axis(traj.guidance_advantage, traj.action[..., None], axis=-1)[..., 0]
@@ -356,8 +364,8 @@ def _update(learner: Learner, runner: RunnerState, traj: Transition, bootstrap: 
     advantage, guidance_scaled, targets, guidance_rms = _advantages(learner, traj, bootstrap, alpha)
     value_norm = ppo.running_norm_update(runner.value_norm, targets, jnp.ones_like(targets, bool))
     targets_std = ppo.standardise(value_norm, targets)
-    jobs = _pack(traj, advantage, guidance_scaled, targets_std, packed_rows(config, learner.env_params))
-    steps = StepBatch(traj.server_features, traj.global_features, targets_std)
+    jobs = _pack(traj, advantage, guidance_scaled, targets_std, packed_rows(config))
+    steps = StepBatch(traj.entity_features, traj.global_features, targets_std)
     optimizer = make_optimizer(config)
     minibatches = config.num_minibatches
 
@@ -386,19 +394,20 @@ def _run_segment(learner: Learner, hyper: Hyper, alpha: jax.Array, carry, segmen
     """Roll out one segment of the episode and update on it."""
     runner, env_state, obs = carry
     env_keys, policy_keys, update_key = segment
-    env_params = _env_params(learner, hyper)
+    task = _task(learner, hyper)
     (env_state, obs), (traj, records) = jax.lax.scan(
-        lambda c, k: _rollout_step(learner, runner, env_params, c, k), (env_state, obs), (env_keys, policy_keys))
-    server_features, global_features = server_observation(env_state, env_params)
-    bootstrap, _ = _critic_values(learner, runner.params, runner.value_norm, obs, server_features, global_features,
-                                  day_left(env_params, env_state.time), env_state.jobs.valid)
+        lambda c, k: _rollout_step(learner, runner, task, c, k), (env_state, obs), (env_keys, policy_keys))
+    entity_features, global_features = task.critic_inputs(env_state, task.params)
+    bootstrap, _ = _critic_values(learner, runner.params, runner.value_norm, obs, entity_features, global_features,
+                                  task.clock(env_state, task.params), task.valid(env_state))
     runner, losses = _update(learner, runner, traj, bootstrap, alpha, update_key)
     return (runner, env_state, obs), (records, losses)
 
 
 def _run_episode(learner: Learner, run_key: jax.Array, hyper: Hyper, runner: RunnerState):
     """One day: `updates_per_episode` segments of rollout + update. Returns (runner, log)."""
-    config, horizon = learner.config, learner.env_params.horizon
+    config, task = learner.config, _task(learner, hyper)
+    horizon = task.params.horizon
     key = evaluate.episode_key(traces_key(run_key), runner.episode)
     reset_key, step_keys = evaluate.env_keys(key, horizon)
     act_keys = evaluate.policy_keys(key, horizon)
@@ -408,47 +417,47 @@ def _run_episode(learner: Learner, run_key: jax.Array, hyper: Hyper, runner: Run
     alpha = algorithms.alpha_at(runner.episode, config.alpha_decay_episodes, hyper.alpha_start, hyper.alpha_end,
                                 config.alpha_schedule)
     alpha = alpha if algorithms.uses_guidance(config.algo) else jnp.zeros_like(alpha)
-    obs, env_state = reset(reset_key, _env_params(learner, hyper))
+    obs, env_state = task.reset(reset_key, task.params)
     (runner, _, _), (records, losses) = jax.lax.scan(
         lambda c, x: _run_segment(learner, hyper, alpha, c, x), (runner, env_state, obs), segments)
     records = jax.tree.map(lambda x: x.reshape((horizon,) + x.shape[2:]), records)
-    metrics = evaluate.summarise(records, _env_params(learner, hyper))
+    metrics = task.summarise(records, task.params)
     policy_loss, value_loss, entropy, guidance_rms = (x.mean() for x in losses)
-    log = EpisodeLog(metrics=metrics, best_fit=metrics, ratio_to_best_fit=jnp.zeros(()), entropy=entropy,
+    log = EpisodeLog(metrics=metrics, reference=metrics, ratio_to_reference=jnp.zeros(()), entropy=entropy,
                      policy_loss=policy_loss, value_loss=value_loss, alpha=alpha, guidance_norm=guidance_rms)
-    return runner._replace(episode=runner.episode + 1), log  # best_fit and the ratio: set by train_episodes
+    return runner._replace(episode=runner.episode + 1), log  # the reference and the ratio: set by train_episodes
 
 
 def traces_key(run_key: jax.Array) -> jax.Array:
     """Key whose `evaluate.episode_key(., e)` is episode e's key in a run of `run_key` (the
     other half of the split seeds the networks). Evaluate a policy with
-    `evaluate.evaluate(act, params, traces_key(run_key)[None], ...)` to see the run's traces."""
+    `evaluate.evaluate(act, task, traces_key(run_key)[None], ...)` to see the run's traces."""
     return jax.random.split(run_key)[1]
 
 
-def best_fit_reference(learner: Learner, run_key: jax.Array, hyper: Hyper, first_episode: jax.Array,
-                       num_episodes: int) -> evaluate.EpisodeMetrics:
-    """[E] Best-Fit metrics on the traces of episodes first..first+E-1 of a run. They depend
-    on the traces only, never on the learner."""
-    env_params = _env_params(learner, hyper)
+def reference_metrics(learner: Learner, run_key: jax.Array, hyper: Hyper, first_episode: jax.Array,
+                      num_episodes: int):
+    """[E] the task's reference metrics (Best-Fit, valley filling) on the traces of episodes
+    first..first+E-1 of a run. They depend on the traces only, never on the learner."""
+    task = _task(learner, hyper)
     keys = jax.vmap(lambda e: evaluate.episode_key(traces_key(run_key), e))(first_episode + jnp.arange(num_episodes))
-    return jax.vmap(lambda k: evaluate.run_episode(baselines.BASELINES["best_fit"], env_params, k))(keys)
+    return jax.vmap(lambda k: task.reference(task.params, k))(keys)
 
 
 def train_episodes(learner: Learner, runner: RunnerState, run_key: jax.Array, hyper: Hyper,
-                   num_episodes: int, reference: evaluate.EpisodeMetrics | None = None
-                   ) -> tuple[RunnerState, EpisodeLog]:
+                   num_episodes: int, reference=None) -> tuple[RunnerState, EpisodeLog]:
     """Continue a run by `num_episodes` episodes; logs have a leading [num_episodes] axis.
     Several calls of fewer episodes give the same result as one call over all of them.
-    `reference`: `best_fit_reference` of these episodes when the caller already has it
+    `reference`: `reference_metrics` of these episodes when the caller already has it
     (a sweep shares it between runs on the same traces); computed here otherwise."""
     if reference is None:
-        reference = best_fit_reference(learner, run_key, hyper, runner.episode, num_episodes)
+        reference = reference_metrics(learner, run_key, hyper, runner.episode, num_episodes)
     runner, logs = jax.lax.scan(lambda r, _: _run_episode(learner, run_key, hyper, r), runner, None,
                                 length=num_episodes)
-    chex.assert_shape(logs.metrics.mean_response_time, (num_episodes,))
-    return runner, logs._replace(best_fit=reference,
-                                 ratio_to_best_fit=logs.metrics.mean_response_time / reference.mean_response_time)
+    task = learner.task
+    chex.assert_shape(task.cost(logs.metrics), (num_episodes,))
+    return runner, logs._replace(reference=reference,
+                                 ratio_to_reference=task.cost(logs.metrics) / task.cost(reference))
 
 
 def make_train(config: TrainConfig) -> Callable[..., tuple[RunnerState, EpisodeLog]]:

@@ -105,6 +105,12 @@ class EnvConfig:
                 "job per agent per step; raise mean_job_steps or servers_per_agent, or lower the others")
         return self
 
+    def make_task(self):
+        """This system as a `dgpg_jax.task.Task` (validated first)."""
+        from dgpg_jax.env.task import make_task
+
+        return make_task(self.validate())
+
     @property
     def num_servers(self) -> int:
         return max(1, math.ceil(self.servers_per_agent * self.num_agents - 1e-9))

@@ -6,9 +6,9 @@ from dgpg_jax.ev.base_load import base_forecast, base_shape, sample_base_load
 from dgpg_jax.ev.baselines import BASELINES, get_policy
 from dgpg_jax.ev.core import reset, step, step_env
 from dgpg_jax.ev.cost import per_agent_load, slot_cost, undelivered_cost
-from dgpg_jax.ev.evaluate import EpisodeMetrics, evaluate, rollout, run_episode, summarise
-from dgpg_jax.ev.guidance import (POTENTIALS, LoadAggregates, potential_target, step_guidance, tracking_potential,
-                                  window_guidance)
+from dgpg_jax.ev.evaluate import EpisodeMetrics, pool, reference_metrics, rollout, summarise
+from dgpg_jax.ev.guidance import (POTENTIALS, LoadAggregates, TrackingPotential, first_order_guidance, potential_target,
+                                  step_guidance, task_guidance, tracking_potential, window_guidance)
 from dgpg_jax.ev.observation import (NUM_CANDIDATE_FEATURES, NUM_GLOBAL_FEATURES, NUM_SLOT_FEATURES,
                                      candidate_observation, slot_observation)
 from dgpg_jax.ev.types import Arrivals, Day, EVConfig, EVParams, EVState, make_params
@@ -21,8 +21,9 @@ __all__ = [
     "base_forecast", "base_shape", "sample_base_load", "per_agent_load", "slot_cost", "undelivered_cost",
     "charging_plan", "candidate_starts", "commit_windows", "window_sums",
     "valley_fill", "valley_load", "reference_cost",
-    "POTENTIALS", "LoadAggregates", "tracking_potential", "potential_target", "window_guidance", "step_guidance",
+    "POTENTIALS", "LoadAggregates", "TrackingPotential", "tracking_potential", "potential_target", "window_guidance",
+    "step_guidance", "first_order_guidance", "task_guidance",
     "candidate_observation", "slot_observation", "NUM_CANDIDATE_FEATURES", "NUM_SLOT_FEATURES",
-    "NUM_GLOBAL_FEATURES", "BASELINES", "get_policy", "EpisodeMetrics", "rollout", "run_episode", "summarise",
-    "evaluate",
+    "NUM_GLOBAL_FEATURES", "BASELINES", "get_policy", "EpisodeMetrics", "rollout", "summarise", "pool",
+    "reference_metrics",
 ]

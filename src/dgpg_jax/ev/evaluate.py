@@ -1,20 +1,27 @@
-"""Rolling out a charging policy for whole days on common random numbers, and day metrics.
+"""Day metrics of EV charging, their pooling, the valley-filling reference as metrics,
+and a rollout that keeps every step.
 
-The key scheme is the cloud env's (`dgpg_jax.evaluate.env_keys` / `policy_keys`): the day
-comes from the environment stream, a policy's randomness from a disjoint one, so every
-policy sees the same EVs and base load in episode e of seed s.
+The key scheme is the generic one (`dgpg_jax.evaluate.env_keys` / `policy_keys`): the
+day comes from the environment stream, a policy's randomness from a disjoint one, so
+every policy sees the same EVs and base load in episode e of seed s; whole-day metrics of
+a policy come from `dgpg_jax.evaluate.run_episode(act, task, key)` on the EV `Task`.
 """
 
 from typing import Callable
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from dgpg_jax.evaluate import scan_episode
+from dgpg_jax.evaluate import env_keys, scan_episode
 from dgpg_jax.ev.core import reset, step
 from dgpg_jax.ev.types import EVParams, EVState
-from dgpg_jax.ev.valley import reference_cost
+from dgpg_jax.ev.cost import slot_cost, undelivered_cost
+from dgpg_jax.ev.valley import reference_cost, valley_load
+from dgpg_jax.ev.windows import charging_plan
 
 Act = Callable[[jax.Array, EVState, EVParams], jax.Array]
 
@@ -101,12 +108,34 @@ def rollout(act: Act, params: EVParams, episode_key: jax.Array):
     return state.day, arrivals, actions, records
 
 
-def run_episode(act: Act, params: EVParams, episode_key: jax.Array) -> EpisodeMetrics:
-    """Metrics of one day under `act`."""
-    records = rollout(act, params, episode_key)[-1]
-    return summarise(records, params)
+def reference_metrics(params: EVParams, episode_key: jax.Array) -> EpisodeMetrics:
+    """The valley-filling bound of one day as that day's metrics (the reference of the
+    ratio): the day's deliverable energy (every EV's window delivers the same whatever its
+    candidate) poured into the valleys of the realised base load, plus the penalty on the
+    energy no window can deliver."""
+    _, state = reset(env_keys(episode_key, params.horizon)[0], params)
+    day = state.day
+    _, _, delivered_each = charging_plan(day.energy, day.power_limit, day.departure - day.arrival, params.slot_hours)
+    delivered, demanded = delivered_each.sum(), day.energy.sum()
+    undelivered = jnp.maximum(day.energy - delivered_each, 0.0).sum()
+    load = valley_load(day.base_load, delivered, params)
+    load_cost = slot_cost(load, params).sum()
+    penalty = undelivered_cost(undelivered, params)
+    total = load_cost + penalty
+    return EpisodeMetrics(
+        episode_return=-total / params.num_agents, total_cost=total, load_cost=load_cost, penalty_cost=penalty,
+        reference_cost=total, cost_ratio=jnp.ones(()), peak_load=load.max(), min_load=load.min(),
+        peak_to_average=load.max() / load.mean(), demanded_energy=demanded, delivered_energy=delivered,
+        charged_energy=(load - day.base_load).sum() * params.slot_hours, undelivered_energy=undelivered,
+        num_arrived=jnp.asarray(params.num_agents, jnp.int32), num_overflow=day.overflow_count.sum(),
+        num_invalid=jnp.zeros((), jnp.int32))
 
 
-def evaluate(act: Act, params: EVParams, episode_keys: jax.Array) -> EpisodeMetrics:
-    """Metrics with a leading axis over `episode_keys` (S,), one day each (vmapped)."""
-    return jax.vmap(lambda key: run_episode(act, params, key))(episode_keys)
+def pool(metrics: EpisodeMetrics) -> dict[str, float]:
+    """Metrics of all days in `metrics` (any leading shape) taken together, host-side in
+    float64: the mean of every field over the days, and `cost_ratio` as the ratio of the
+    mean cost to the mean reference cost (a ratio of sums, as the cloud task's pool)."""
+    out = {f.name: float(np.mean(np.asarray(getattr(metrics, f.name), np.float64)))
+           for f in dataclasses.fields(EpisodeMetrics)}
+    out["cost_ratio"] = out["total_cost"] / out["reference_cost"]
+    return out

@@ -16,7 +16,16 @@ with the chosen window,
     g_i(b) = -(dt p / N) [ sum_{t in w_b} (L_t - r_t) - p |w_b n w_{a_i}| + d p / 2 ],
 
 a difference of two prefix sums: O(J k + T) for all rows, no (J, T) tensor.
+
+A user potential is any function of `LoadAggregates` (its `target` is then the valley
+profile, the analytical model) returning (T,) terms, elementwise over slots. Its guidance
+is first order, g_i(b) = p sum_{t in w_b} dG/dL_t (`jax.grad`, prefix sums): exact
+leave-one-out would need every row's own shifted window, O(J k d). The scale of a
+potential does not matter: the learner normalises the guidance to unit RMS.
 """
+
+import dataclasses
+from typing import Callable
 
 import chex
 import jax
@@ -28,9 +37,6 @@ from dgpg_jax.ev.observation import committed_load
 from dgpg_jax.ev.types import EVParams, EVState
 from dgpg_jax.ev.windows import window_overlap, window_sums
 
-POTENTIALS = ("valley", "load")
-
-
 @struct.dataclass
 class LoadAggregates:
     """Per-slot quantities the potential reads; both (T,) kW."""
@@ -39,15 +45,30 @@ class LoadAggregates:
     target: jax.Array  # (T,) tracking target r
 
 
+@dataclasses.dataclass(frozen=True)
+class TrackingPotential:
+    """The quadratic tracking potential with a named target ("valley" or "load", the
+    latter r = 0): terms -(L_t - r_t)^2 / 2, up to the scale dt / N of
+    `tracking_potential`; its exact guidance is closed-form (`window_guidance`)."""
+
+    target: str
+
+    def __call__(self, agg: LoadAggregates) -> jax.Array:
+        return -0.5 * (agg.load - agg.target) ** 2
+
+
+POTENTIALS: dict[str, TrackingPotential] = {"valley": TrackingPotential("valley"), "load": TrackingPotential("load")}
+
+
 def check_potential(potential: str) -> str:
     if potential not in POTENTIALS:
-        raise ValueError(f"potential={potential!r} is invalid: allowed one of {POTENTIALS}")
+        raise ValueError(f"potential={potential!r} is invalid: allowed one of {tuple(POTENTIALS)}")
     return potential
 
 
 def tracking_potential(agg: LoadAggregates, params: EVParams) -> jax.Array:
     """(T,) terms of G: -(dt / (2 N)) (L_t - r_t)^2; G is their sum."""
-    return -0.5 * params.slot_hours / params.num_agents * (agg.load - agg.target) ** 2
+    return params.slot_hours / params.num_agents * TrackingPotential("valley")(agg)
 
 
 def potential_target(potential: str, state: EVState, params: EVParams) -> jax.Array:
@@ -91,3 +112,26 @@ def step_guidance(state: EVState, actions: jax.Array, params: EVParams, potentia
     agg, start = step_aggregates(state, actions, params, potential)
     rows = state.arrivals
     return window_guidance(agg, rows.candidate_start, rows.length, rows.power, start, rows.valid, params)
+
+
+def first_order_guidance(potential: Callable, agg: LoadAggregates, start: jax.Array, length: jax.Array,
+                         power: jax.Array, valid: jax.Array) -> jax.Array:
+    """(J, k) first-order change of G = sum_t potential(agg)_t when row i's window is
+    candidate b: p_i sum_{t in w_b} dG/dL_t, the gradient from `jax.grad`. O(J k + T)."""
+    gradient = jax.grad(lambda load: potential(agg.replace(load=load)).sum())(agg.load)
+    return jnp.where(valid[:, None], power[:, None] * window_sums(gradient, start, length), 0.0)
+
+
+def task_guidance(potential: Callable, state: EVState, choice: jax.Array, params: EVParams,
+                  exact: bool = True) -> jax.Array:
+    """(J, k) guidance of the Task interface: closed-form exact for a `TrackingPotential`,
+    first order otherwise (a user potential reads the valley profile as `agg.target`)."""
+    tracking = isinstance(potential, TrackingPotential)
+    if exact and not tracking:
+        raise ValueError(f"potential={potential!r} is invalid with exact guidance on EV charging: allowed a named "
+                         "potential, or first_order=True")
+    agg, start = step_aggregates(state, choice, params, potential.target if tracking else "valley")
+    rows = state.arrivals
+    if exact:
+        return window_guidance(agg, rows.candidate_start, rows.length, rows.power, start, rows.valid, params)
+    return first_order_guidance(potential, agg, rows.candidate_start, rows.length, rows.power, rows.valid)

@@ -110,6 +110,12 @@ class EVConfig:
         check_number("capacity_per_agent", self.capacity_per_agent, 0, 1e4, low_open=True)
         return self
 
+    def make_task(self):
+        """This system as a `dgpg_jax.task.Task` (validated first)."""
+        from dgpg_jax.ev.task import make_task
+
+        return make_task(self.validate())
+
     @property
     def slot_hours(self) -> float:
         return HOURS_PER_DAY / self.horizon

@@ -1,0 +1,51 @@
+"""Cloud scheduling as a `Task`: jobs are the decision rows, their k candidate servers
+the candidates, per-server aggregates the potentials' input, Best-Fit the reference."""
+
+import jax
+
+from dgpg_jax import baselines, guidance
+from dgpg_jax.env.arrivals import expected_work_rate
+from dgpg_jax.env.core import reset, step
+from dgpg_jax.env.dynamics import server_totals
+from dgpg_jax.env.metrics import make_record, pool, summarise
+from dgpg_jax.env.observation import day_left, job_observation, server_observation
+from dgpg_jax.env.types import EnvConfig, EnvParams, EnvState, make_params, service_rate
+from dgpg_jax.evaluate import scan_episode
+from dgpg_jax.task import Task
+
+
+def to_servers(state: EnvState, choice: jax.Array) -> jax.Array:
+    """(J,) server of each job's chosen candidate column."""
+    return baselines.pick_candidate(state.jobs.candidates, choice)
+
+
+def step_guidance(potential: guidance.Potential, state: EnvState, choice: jax.Array, params: EnvParams,
+                  exact: bool = True) -> jax.Array:
+    """(J, k) guidance of every job at every candidate, the step's jobs sent to `choice`."""
+    jobs = state.jobs
+    server = to_servers(state, choice)
+    mu = service_rate(params)
+    agg = guidance.make_aggregates(state.backlog, server_totals(server, jobs.size, jobs.valid, params.num_servers), mu,
+                                   expected_work_rate(params, state.time, state.burst_steps_left > 0))
+    return guidance.candidate_guidance(potential, agg, jobs.size, jobs.candidates, server, jobs.valid, exact=exact)
+
+
+def best_fit_metrics(params: EnvParams, episode_key: jax.Array):
+    """Best-Fit's metrics on one episode: the reference of the ratio."""
+    _, records = scan_episode(reset, step, _record, baselines.BASELINES["best_fit"], params, episode_key)
+    return summarise(records, params)
+
+
+def _record(state, actions, reward, info):
+    return make_record(state, reward, info)
+
+
+def make_task(config: EnvConfig) -> Task:
+    """The cloud-scheduling Task of a validated `config`."""
+    return Task(
+        name="cloud-scheduling", params=make_params(config), reset=reset, step=step, observe=job_observation,
+        valid=lambda state: state.jobs.valid, to_actions=to_servers, critic_inputs=server_observation,
+        clock=lambda state, params: day_left(params, state.time), guidance=step_guidance,
+        potentials=guidance.POTENTIALS, record=_record, summarise=summarise, pool=pool,
+        reference=best_fit_metrics, reference_name="best_fit", cost_key="mean_response_time",
+        baselines=baselines.BASELINES, traced_load="utilisation")
