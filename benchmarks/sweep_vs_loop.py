@@ -46,7 +46,7 @@ def compare(num_agents: int, alphas: tuple[float, ...], seeds: int, episodes: in
     return {"num_agents": num_agents, "runs": len(spec.points()) * seeds, "episodes": episodes,
             "loop_seconds": loop, "sweep_seconds": swept, "loop_over_sweep": loop / swept,
             "sweep_compile_seconds": group["compile_seconds"], "sweep_chunks": group["chunks"],
-            "sweep_best_fit_references": group["best_fit_references_run"]}
+            "sweep_best_fit_references": group["references_run"]}
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import pytest
 
 from dgpg_jax import cli, runner, sweep, train
 from dgpg_jax.env import EnvConfig
+from dgpg_jax.ev import EVConfig
 
 BASE = train.TrainConfig(env=EnvConfig(num_agents=20, horizon=20, mean_job_steps=0.6), num_episodes=2,
                          updates_per_episode=2)
@@ -120,7 +121,7 @@ def test_every_row_exactly_once_and_padding_dropped(full):
     items = [tuple(item) for doc in docs for item in doc["items"]]
     assert [len(doc["items"]) for doc in docs] == [4, 2]
     assert sorted(items) == [(p, s) for p in (0, 1) for s in (0, 1, 2)]
-    assert sum(len(doc["final_histograms"]) for doc in docs) == 6
+    assert sum(len(doc["final_metrics"]) for doc in docs) == 6
     assert (result["chunks_run"], result["chunks_skipped"], result["complete"]) == (2, 0, True)
     assert result["groups"][0]["batch"] == 4 and result["groups"][0]["plan"]["chunk_seeds"] == CHUNK
     assert [c["seeds_done"] for c in result["configurations"]] == [3, 3]
@@ -143,15 +144,15 @@ def test_seed_s_is_train_with_that_seed_and_high_load_is_sized(full):
     frame = rows(out)
     mine = frame[(frame.grid_utilisation == 0.9) & (frame.seed == 6)].sort_values("episode")
     for name, values in columns.items():
-        if name in sweep.HISTOGRAM_COLUMNS:
+        if np.ndim(values) > 2:  # histograms: only in the chunks' final metrics
             continue
         np.testing.assert_allclose(mine[name].to_numpy(np.float64), np.asarray(values[0], np.float64),
                                    rtol=2e-5, atol=1e-6, err_msg=name)
     np.testing.assert_array_equal(mine["num_rejected"], np.asarray(single.logs.metrics.num_rejected[0]))
     high = result["configurations"][1]
     assert high["grid_utilisation"] == 0.9 and high["seeds"] == [5, 6, 7]
-    np.testing.assert_allclose(high["final_ratio_to_best_fit_per_seed"][1],
-                               single.summary()["final_ratio_to_best_fit_per_seed"][0], rtol=2e-5)
+    np.testing.assert_allclose(high["final_ratio_to_reference_per_seed"][1],
+                               single.summary()["final_ratio_to_reference_per_seed"][0], rtol=2e-5)
 
 
 def test_interrupted_sweep_resumes_without_redoing_a_chunk(full, tmp_path):
@@ -186,8 +187,8 @@ def test_best_fit_reference_runs_once_per_seed_and_utilisation(full, tmp_path):
     base = dataclasses.replace(BASE, env=dataclasses.replace(BASE.env, utilisation=0.9))
     grid = dataclasses.replace(SWEEP, base=base, grid={"alpha": (0.2, 0.6)})
     result = sweep.run_sweep(grid, tmp_path / "alpha", chunk_seeds=CHUNK, bootstrap_reps=REPS)
-    assert result["groups"][0]["best_fit_references_run"] == 3
-    assert full[1]["groups"][0]["best_fit_references_run"] == 6  # two utilisations: two traces per seed
+    assert result["groups"][0]["references_run"] == 3
+    assert full[1]["groups"][0]["references_run"] == 6  # two utilisations: two traces per seed
     frame, reference = pd.read_json(tmp_path / "alpha" / "rows.jsonl", lines=True, precise_float=True), rows(full[0])
     high = reference[reference.grid_utilisation == 0.9].sort_values(["seed", "episode"])
     for alpha in (0.2, 0.6):
@@ -312,10 +313,10 @@ def test_cli_json_last_line(full, tmp_path, capsys):
     assert {"chunks_run", "chunks_skipped", "configurations"} <= set(result)
     assert (result["chunks_run"], result["chunks_skipped"]) == (2, 0)
     for item in result["configurations"]:
-        assert {"algo", "num_agents", "grid_utilisation", "seeds_done", "final_ratio_to_best_fit_mean",
-                "final_ratio_to_best_fit_ci95", "final_ratio_to_best_fit_iqm", "episodes_to_converge_mean"} <= set(item)
-        low, high = item["final_ratio_to_best_fit_ci95"]
-        assert low <= item["final_ratio_to_best_fit_mean"] <= high and item["seeds_done"] == 3
+        assert {"algo", "num_agents", "grid_utilisation", "seeds_done", "final_ratio_to_reference_mean",
+                "final_ratio_to_reference_ci95", "final_ratio_to_reference_iqm", "episodes_to_converge_mean"} <= set(item)
+        low, high = item["final_ratio_to_reference_ci95"]
+        assert low <= item["final_ratio_to_reference_mean"] <= high and item["seeds_done"] == 3
     assert result["configurations"] == full[1]["configurations"]
     assert cli.main([a for a in argv if a != "--json"]) == 0  # the table form, a restart: nothing to run
     assert "2 skipped" in capsys.readouterr().out
@@ -331,7 +332,7 @@ def assert_same_sweep(full, out: Path, result: dict) -> None:
     assert len(result["configurations"]) == len(full[1]["configurations"])
     for a, b in zip(result["configurations"], full[1]["configurations"]):
         assert a["seeds_done"] == b["seeds_done"] == 3
-        for name in ("final_ratio_to_best_fit_mean", "final_mean_response_time", "final_p99_response_time"):
+        for name in ("final_ratio_to_reference_mean", "final_mean_response_time", "final_p99_response_time"):
             np.testing.assert_allclose(a[name], b[name], rtol=2e-5, err_msg=name)
 
 
@@ -362,3 +363,32 @@ def test_two_processes_equal_one_and_restart_skips_everything(two_processes, ful
     assert_same_sweep(full, out, result)
     again = json.loads(finish(start_processes(out))[0].strip().splitlines()[-1])
     assert (again["chunks_run"], again["chunks_skipped"]) == (0, 2)
+
+
+def test_ev_charging_sweep_equals_train_and_refuses_a_load_grid(tmp_path, capsys):
+    """The sweep engine runs any task: an EV-charging sweep's per-seed final ratio to the
+    valley-filling bound and its rows equal `dgpg train --task ev-charging` with that seed;
+    a grid over utilisation is refused (the task has no traced load), before compiling."""
+    argv = ["sweep", "--task", "ev-charging", "--algo", "dgpg", "--num-agents", "10", "--horizon", "24",
+            "--episodes", "2", "--updates-per-episode", "2", "--seeds", "2", "--seed", "3",
+            "--bootstrap-reps", str(REPS), "--out", str(tmp_path / "ev"), "--json"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["task"], result["reference"]) == ("ev-charging", "valley")
+    (item,) = result["configurations"]
+    config = train.TrainConfig(env=EVConfig(num_agents=10, horizon=24), num_episodes=2, updates_per_episode=2)
+    single = runner.run_training(config, seed=4, num_seeds=1)
+    summary = single.summary()
+    np.testing.assert_allclose(item["final_ratio_to_reference_per_seed"][1],
+                               summary["final_ratio_to_reference_per_seed"][0], rtol=2e-5)
+    assert item["final_ratio_to_reference_per_seed"][0] != item["final_ratio_to_reference_per_seed"][1]
+    frame = pd.read_json(tmp_path / "ev" / "rows.jsonl", lines=True, precise_float=True)
+    mine = frame.query("seed == 4").sort_values("episode")
+    np.testing.assert_allclose(mine["ratio_to_valley"], single.logs.ratio_to_reference[0], rtol=2e-5)
+    np.testing.assert_allclose(mine["valley_total_cost"], single.logs.reference.total_cost[0], rtol=2e-5)
+    assert item["final_total_cost"] > item["valley_final_total_cost"] > 0
+
+    assert cli.main([*argv[:-2], str(tmp_path / "ev2"), "--json", "--grid", "utilisation=0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "grid utilisation" in err[0] and "ev-charging" in err[0], err
+    assert not (tmp_path / "ev2").exists()

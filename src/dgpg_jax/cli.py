@@ -181,6 +181,7 @@ class View:
 
     eval_columns: list
     summary_columns: list  # of a training run's summary (train) and of compare's rows
+    sweep_columns: list  # of a sweep configuration's pooled final metrics
     units: str
     plotted: tuple
     ylabel: str
@@ -198,6 +199,7 @@ VIEWS = {
         summary_columns=[("mean_response_time", "mean RT", ".3f"), ("p95_response_time", "p95", ".2f"),
                          ("p99_response_time", "p99", ".2f"), ("best_fit_p99_response_time", "Best-Fit p99", ".2f"),
                          ("ratio_to_best_fit", "/ Best-Fit", ".3f")],
+        sweep_columns=[("final_mean_response_time", "mean RT", ".3f"), ("final_p99_response_time", "p99", ".2f")],
         units="response times in mean job times, pooled over all jobs of all seeds and episodes; "
               "/ Best-Fit = ratio of the pooled means on the same traces",
         plotted=("greedy", "bestfit_k", "jsq"), ylabel="mean response time / Best-Fit (same traces)",
@@ -208,6 +210,7 @@ VIEWS = {
                       ("undelivered_energy", "undelivered kWh", ".2f"), ("episode_return", "return", ".2f")],
         summary_columns=[("total_cost", "cost", ".1f"), ("valley_total_cost", "valley cost", ".1f"),
                          ("ratio_to_valley", "/ valley", ".3f"), ("peak_to_average", "peak / mean", ".3f")],
+        sweep_columns=[("final_total_cost", "cost", ".1f"), ("final_peak_to_average", "peak / mean", ".3f")],
         units="cost per day, mean over seeds and days; / valley = mean cost over the valley-filling bound on "
               "the same days", plotted=("arrival", "random", "greedy"),
         ylabel="cost / valley-filling bound (same days)", reference="valley filling"),
@@ -441,18 +444,18 @@ def cmd_sweep(args) -> None:
     if args.json:
         print(json.dumps(result, allow_nan=False))
         return
+    view = VIEWS[result["task"]]
     names = [f"grid_{name}" for name in spec.grid_names]
-    rows = [{**c, "ci_low": c["final_ratio_to_best_fit_ci95"][0], "ci_high": c["final_ratio_to_best_fit_ci95"][1]}
+    rows = [{**c, "ci_low": c["final_ratio_to_reference_ci95"][0], "ci_high": c["final_ratio_to_reference_ci95"][1]}
             for c in result["configurations"]]
     columns = ([("algo", "algo", ""), ("num_agents", "N", "")] + [(n, n.removeprefix("grid_"), "g") for n in names]
-               + [("seeds_done", "seeds", ""), ("final_ratio_to_best_fit_mean", "/ Best-Fit mean", ".3f"),
+               + [("seeds_done", "seeds", ""), ("final_ratio_to_reference_mean", f"/ {view.reference} mean", ".3f"),
                   ("ci_low", "CI low", ".3f"), ("ci_high", "CI high", ".3f"),
-                  ("final_ratio_to_best_fit_iqm", "IQM", ".3f"), ("final_mean_response_time", "mean RT", ".3f"),
-                  ("final_p99_response_time", "p99", ".2f"), ("episodes_to_converge_mean", "episodes to converge",
-                                                              ".1f")])
+                  ("final_ratio_to_reference_iqm", "IQM", ".3f")] + view.sweep_columns
+               + [("episodes_to_converge_mean", "episodes to converge", ".1f")])
     _emit(rows, columns, f"sweep: {result['chunks_run']} chunks run, {result['chunks_skipped']} skipped; final "
-          f"{FINAL_WINDOW} episodes, per-seed ratio to Best-Fit, 95% stratified-bootstrap CI (rliable); "
-          f"{VIEWS[tasks.DEFAULT_TASK].units}; written to {args.out}", False)
+          f"{FINAL_WINDOW} episodes, per-seed ratio to {view.reference}, 95% stratified-bootstrap CI (rliable); "
+          f"{view.units}; written to {args.out}", False)
 
 
 # ----------------------------------------------------------------------------- main

@@ -159,23 +159,35 @@ def _renamed(field: str, task: Task) -> str:
     return f"ratio_to_{task.reference_name}" if field == "ratio_to_reference" else field
 
 
+def metric_columns(metrics, reference, task: Task) -> dict[str, np.ndarray]:
+    """Flat columns of a policy's metrics and the reference's on the same episodes: the
+    metrics under their own names, the reference's prefixed with its name (`best_fit_`,
+    `valley_`). The inverse is `metrics_from_columns`."""
+    columns = dict(metrics.__dict__)
+    columns.update({f"{task.reference_name}_{name}": value for name, value in reference.__dict__.items()})
+    return columns
+
+
+def metrics_from_columns(columns: dict[str, np.ndarray], task: Task) -> tuple:
+    """(metrics, reference) of the task's metrics type from `metric_columns`' columns."""
+    metrics_type = type(jax.eval_shape(lambda: task.reference(task.params, jax.random.key(0))))
+    fields = [f.name for f in dataclasses.fields(metrics_type)]
+    return (metrics_type(**{name: columns[name] for name in fields}),
+            metrics_type(**{name: columns[f"{task.reference_name}_{name}"] for name in fields}))
+
+
 def log_columns(logs: train.EpisodeLog, task: Task) -> dict[str, np.ndarray]:
-    """Flat columns of a log: the metrics under their own names, the reference's prefixed
-    with its name (`best_fit_`, `valley_`), then the learner's quantities, the ratio as
+    """Flat columns of a log: `metric_columns`, then the learner's quantities, the ratio as
     `ratio_to_<reference>`. The inverse is `log_from_columns`."""
-    columns = dict(logs.metrics.__dict__)
-    columns.update({f"{task.reference_name}_{name}": value for name, value in logs.reference.__dict__.items()})
+    columns = metric_columns(logs.metrics, logs.reference, task)
     columns.update({_renamed(name, task): getattr(logs, name) for name in train.EpisodeLog._fields[2:]})
     return columns
 
 
 def log_from_columns(columns: dict[str, np.ndarray], task: Task) -> train.EpisodeLog:
-    metrics_type = type(jax.eval_shape(lambda: task.reference(task.params, jax.random.key(0))))
-    fields = [f.name for f in dataclasses.fields(metrics_type)]
-    return train.EpisodeLog(
-        metrics=metrics_type(**{name: columns[name] for name in fields}),
-        reference=metrics_type(**{name: columns[f"{task.reference_name}_{name}"] for name in fields}),
-        **{name: columns[_renamed(name, task)] for name in train.EpisodeLog._fields[2:]})
+    metrics, reference = metrics_from_columns(columns, task)
+    return train.EpisodeLog(metrics=metrics, reference=reference,
+                            **{name: columns[_renamed(name, task)] for name in train.EpisodeLog._fields[2:]})
 
 
 def write_atomic(path: Path, text: str) -> None:

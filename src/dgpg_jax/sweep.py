@@ -11,10 +11,12 @@ every (grid point, seed) pair is one item of a flat axis, run in chunks of C ite
 one compiled program, `jit(vmap((key, hyper, reference) -> train_episodes(...)))`, whose
 chunk axis is sharded over a 1-D mesh of all devices. Shapes (the job slots J and the
 packed update rows) are sized for the largest `utilisation` of the grid; each point's
-value enters as `Hyper.utilisation`. The Best-Fit reference depends on the traces only,
-that is on (N, utilisation, seed): a second program per N computes it once per such
-triple, and every algorithm and grid point on those traces reuses it (groups run N by N,
-so the host keeps the references of one N).
+value enters as `Hyper.utilisation`. The task's reference (Best-Fit for cloud
+scheduling, the valley-filling bound for EV charging) depends on the traces only, that is
+on (N, utilisation, seed): a second program per N computes it once per such triple, and
+every algorithm and grid point on those traces reuses it (groups run N by N, so the host
+keeps the references of one N). Any task of `dgpg_jax.tasks` can be swept; the summary
+pools each configuration's final episodes with the task's own `pool`.
 
 Seed s is the run key `evaluate.seed_keys(s, 1)[0]`: the run of `dgpg train --seed s
 --seeds 1` with the same flags (and the grid point's values), whatever the chunk size and
@@ -49,20 +51,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgpg_jax import checkpoint, distributed, evaluate, memory, trackers, train
-from dgpg_jax.env import EnvConfig
-from dgpg_jax.env.metrics import histogram_percentiles
-from dgpg_jax.runner import FINAL_WINDOW, json_safe, log_columns, write_atomic
+from dgpg_jax import checkpoint, distributed, evaluate, memory, tasks, trackers, train
+from dgpg_jax.runner import (FINAL_WINDOW, json_safe, log_columns, metric_columns, metrics_from_columns,
+                             write_atomic)
 from dgpg_jax.validation import check, check_integer, is_integer, is_number
 
 GRID_NAMES = ("alpha", "alpha_start", "alpha_end", "learning_rate", "utilisation")
-"""Traced values a grid may cover (`train.Hyper`); `alpha` sets alpha_start and alpha_end."""
+"""Traced values a grid may cover (`train.Hyper`); `alpha` sets alpha_start and alpha_end,
+`utilisation` the task's traced load (a config field of that name)."""
 PROBE_ITEMS_PER_DEVICE = 4
 """Items per device of the program compiled to read its memory analysis."""
 MEMORY_FRACTION = 0.5
 """Share of the available memory a chunk may take."""
-HISTOGRAM_COLUMNS = ("response_time_histogram", "best_fit_response_time_histogram")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _PROGRAMS: dict[tuple, jax.stages.Compiled] = {}  # compiled chunk programs, reused within a process
 
@@ -138,14 +139,14 @@ class Sweep:
         check_integer("seed", self.seed, minimum=0, maximum=2**32 - 1)
         check("seeds", self.seeds, self.seed + self.seeds - 1 <= 2**32 - 1,
               f"at most {2**32 - self.seed} from seed {self.seed} (seeds are below 2^32)")
-        if not isinstance(self.base.env, EnvConfig):
-            raise ValueError(f"env={type(self.base.env).__name__} is invalid for a sweep: its summary pools "
-                             "response-time histograms; allowed the cloud-scheduling task (EnvConfig)")
         if callable(self.base.potential):
             raise ValueError("potential is a function: a sweep saves its arguments; allowed a named potential")
         names = self.grid_names
         for name, values in self.grid:
             check("grid", name, name in GRID_NAMES, f"one of {GRID_NAMES}")
+            if name == "utilisation" and not hasattr(self.base.env, "utilisation"):
+                raise ValueError(f"grid utilisation is invalid for the {tasks.task_name(self.base.env)} task: "
+                                 f"it has no traced load; allowed one of {GRID_NAMES[:-1]}")
             check(f"grid {name}", list(values), len(values) >= 1, "at least one value")
             check(f"grid {name}", list(values), all(is_number(v) for v in values), "numbers, finite in float32")
             check(f"grid {name}", list(values), len({float(v) for v in values}) == len(values),
@@ -171,7 +172,7 @@ class Sweep:
         config = _flatten(dataclasses.asdict(self.base))
         for name in ("algo", "env.num_agents"):
             config.pop(name)
-        out = {"format": FORMAT_VERSION, "algos": list(self.algos), "num_agents": list(self.num_agents),
+        out = {"format": FORMAT_VERSION, "task": tasks.task_name(self.base.env), "algos": list(self.algos), "num_agents": list(self.num_agents),
                "grid": [[name, [float(v) for v in values]] for name, values in self.grid],
                "seeds": self.seeds, "seed": self.seed, "episodes": self.episodes, "chunk_seeds": chunk_seeds,
                "config": config}
@@ -230,7 +231,7 @@ def _input_shapes(learner: train.Learner, episodes: int, batch: int, sharding, w
 
 
 def chunk_program(learner: train.Learner, episodes: int, batch: int, mesh: jax.sharding.Mesh):
-    """The compiled `(key data [B, 2], Hyper of [B], Best-Fit reference [B, E]) ->
+    """The compiled `(key data [B, 2], Hyper of [B], reference metrics [B, E]) ->
     EpisodeLog [B, E]` of one (algo, N), the batch axis sharded over `mesh` (raw key data,
     so that every process can build its part of the input). The reference comes from
     `reference_program`: it depends on the traces only, so runs on the same traces share
@@ -250,9 +251,9 @@ def chunk_program(learner: train.Learner, episodes: int, batch: int, mesh: jax.s
 
 
 def reference_program(learner: train.Learner, episodes: int, batch: int, mesh: jax.sharding.Mesh):
-    """The compiled `(key data [B, 2], Hyper of [B]) -> Best-Fit metrics [B, E]` on the
+    """The compiled `(key data [B, 2], Hyper of [B]) -> reference metrics [B, E]` on the
     traces of episodes 0..E-1 of each run (only `Hyper.utilisation` matters)."""
-    cache_key = ("best_fit", learner.config.env, episodes, batch, tuple(mesh.devices.flat))
+    cache_key = ("reference", learner.config.env, episodes, batch, tuple(mesh.devices.flat))
     if cache_key not in _PROGRAMS:
         sharding = _batch_sharding(mesh)
         program = jax.jit(jax.vmap(lambda k, h: _reference(learner, episodes, k, h)),
@@ -399,7 +400,7 @@ def read_chunks(out_dir: Path) -> list[dict]:
     for files in _complete_chunks(out_dir).values():
         parts = [json.loads(p.read_text()) for p in files]
         doc = dict(parts[0])
-        for key in ("items", "rows", "final_histograms"):
+        for key in ("items", "rows", "final_metrics"):
             doc[key] = [x for part in parts for x in part[key]]
         docs.append(doc)
     return sorted(docs, key=lambda d: (d["group_index"], d["index"]))
@@ -414,23 +415,25 @@ def _write_rows(out_dir: Path, docs: list[dict]) -> None:
 
 def _chunk_doc(sweep: Sweep, group_index: int, algo: str, n: int, index: int, items: list[tuple[int, int]],
                logs: train.EpisodeLog) -> dict:
-    """The rows (one per item and episode) and final-window histograms of one chunk."""
+    """The rows of one chunk (one per item and episode, the scalar columns of
+    `runner.log_columns`) and, per item, every metric column (arrays such as histograms
+    included) of its final FINAL_WINDOW episodes, which `summarise` pools."""
     points, seeds = sweep.points(), sweep.seed_values
-    columns = log_columns(logs, sweep.base.env.make_task())
-    scalars = {k: v for k, v in columns.items() if k not in HISTOGRAM_COLUMNS}
+    task = sweep.base.env.make_task()
+    columns = log_columns(logs, task)
+    scalars = {k: v for k, v in columns.items() if np.ndim(v) == 2}
+    metric_names = list(metric_columns(logs.metrics, logs.reference, task))
     window = min(FINAL_WINDOW, sweep.episodes)
-    rows, histograms = [], []
+    rows, finals = [], []
     for b, (p, s) in enumerate(items):
         config = configuration(algo, n, points[p])
         for e in range(sweep.episodes):
             values = {k: _json_number(np.asarray(v[b, e]).item()) for k, v in scalars.items()}
             rows.append({**config, "seed": seeds[s], "episode": e + 1, **values})
-        histograms.append({**config, "seed": seeds[s],
-                           "learner": np.asarray(columns["response_time_histogram"][b, -window:]).sum(0).tolist(),
-                           "best_fit": np.asarray(columns["best_fit_response_time_histogram"][b, -window:])
-                           .sum(0).tolist()})
+        finals.append({**config, "seed": seeds[s],
+                       "columns": {k: np.asarray(columns[k][b, -window:]).tolist() for k in metric_names}})
     return {"group": _group_name(algo, n), "group_index": group_index, "index": index,
-            "items": [list(item) for item in items], "rows": rows, "final_histograms": histograms}
+            "items": [list(item) for item in items], "rows": rows, "final_metrics": finals}
 
 
 def _json_number(x):
@@ -511,7 +514,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
                 group["program_bytes"] = [memory.check_fits(
                     program, f"a chunk of {group['batch']} {what} of {name} ({group['batch'] // devices} per device)",
                     "a smaller --chunk-seeds (in another --out), or none to size chunks from memory")
-                    for program, what in zip(programs, ("runs", "Best-Fit references"))]
+                    for program, what in zip(programs, ("runs", f"{learner.task.reference_name} references"))]
             except ValueError as refused:
                 error = refused
             if error is not None and fresh and distributed.is_main():
@@ -530,7 +533,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     key_data = np.stack([np.asarray(jax.random.key_data(evaluate.seed_keys(s, 1)[0])) for s in sweep.seed_values])
     sharding = _batch_sharding(mesh)
     reports = [None] * len(groups)
-    references: dict[tuple[float, int], object] = {}  # (utilisation, seed index) -> Best-Fit metrics [E], one N
+    references: dict[tuple[float, int], object] = {}  # (utilisation, seed index) -> reference metrics [E], one N
     last_n = None
     for group in sorted(groups, key=lambda group: group["num_agents"]):  # N by N: the references are per N
         if group["num_agents"] != last_n:
@@ -542,14 +545,14 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
         report = {"algo": group["algo"], "num_agents": group["num_agents"], "chunk_seeds": group["chunk_seeds"],
                   "batch": group["batch"], "devices": devices, "processes": processes, "chunks": group["chunks"],
                   "chunks_skipped": group["chunks"] - len(group["todo"]), "chunks_run": 0, "plan": group["plan"],
-                  "compile_seconds": 0.0, "run_seconds": 0.0, "best_fit_references_run": 0}
+                  "compile_seconds": 0.0, "run_seconds": 0.0, "references_run": 0}
         reports[group["index"]] = report
         if not group["todo"] or (max_chunks is not None and run >= max_chunks):
             continue
         report["compile_seconds"] = group["compile_seconds"]
-        report["program_bytes"], report["best_fit_program_bytes"] = group["program_bytes"]
+        report["program_bytes"], report["reference_program_bytes"] = group["program_bytes"]
         program = chunk_program(group["learner"], sweep.episodes, group["batch"], mesh)
-        best_fit_program = reference_program(group["learner"], sweep.episodes, group["batch"], mesh)
+        references_program = reference_program(group["learner"], sweep.episodes, group["batch"], mesh)
         for index in group["todo"]:
             if max_chunks is not None and run >= max_chunks:
                 break
@@ -564,11 +567,11 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
             for position, trace in enumerate(traces):
                 first_of.setdefault(trace, position)
             new_traces = [trace for trace in first_of if trace not in references]
-            if new_traces:  # Best-Fit on the traces no earlier chunk (of any algo at this N) has seen
-                report["best_fit_references_run"] += len(new_traces)
+            if new_traces:  # the reference on the traces no earlier chunk (of any algo at this N) has seen
+                report["references_run"] += len(new_traces)
                 rows = [first_of[trace] for trace in new_traces]
                 rows += [rows[-1]] * (group["batch"] - len(rows))
-                computed = distributed.to_host(best_fit_program(*_inputs(key_data, seeds[rows], table[rows], sharding)))
+                computed = distributed.to_host(references_program(*_inputs(key_data, seeds[rows], table[rows], sharding)))
                 for i, trace in enumerate(new_traces):
                     references[trace] = jax.tree.map(lambda x, i=i: x[i], computed)
             reference = jax.tree.map(lambda *xs: _global_array(np.stack(xs), sharding),
@@ -595,7 +598,8 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     docs = read_chunks(out_dir)
     done_chunks = len(docs)
     configurations = summarise(sweep, docs, bootstrap_reps)
-    result = {"out": str(out_dir), "chunks_run": run, "chunks_skipped": skipped, "chunks_total": total,
+    result = {"out": str(out_dir), "task": tasks.task_name(sweep.base.env),
+              "reference": groups[0]["learner"].task.reference_name, "chunks_run": run, "chunks_skipped": skipped, "chunks_total": total,
               "complete": done_chunks == total, "seeds": sweep.seeds, "episodes": sweep.episodes,
               "final_window": min(FINAL_WINDOW, sweep.episodes), "grid": list(sweep.grid_names),
               "processes": processes, "wall_seconds": time.perf_counter() - start, "groups": reports,
@@ -604,47 +608,50 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     if distributed.is_main():
         _write_rows(out_dir, docs)
         write_atomic(out_dir / "summary.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
-        plot_final_ratio(configurations, sweep.grid_names, out_dir / "final_ratio.png")
+        plot_final_ratio(configurations, sweep.grid_names, out_dir / "final_ratio.png",
+                         groups[0]["learner"].task.reference_name)
     return result
 
 
 def summarise(sweep: Sweep, docs: list[dict], bootstrap_reps: int = 2000) -> list[dict]:
     """Per configuration, from the chunk files: seeds done; the mean and the interquartile
-    mean over seeds of the per-seed final ratio to Best-Fit (the ratio of the pooled means
-    of the final FINAL_WINDOW episodes, as RunResult.summary's per-seed ratio) with 95%
-    stratified-bootstrap CIs (rliable, seeded with 0, `bootstrap_reps` replications); the
-    final mean and p99 response time pooled over seeds, Best-Fit's too; the mean episodes
-    to converge."""
+    mean over seeds of the per-seed final ratio to the reference (the ratio of the pooled
+    costs of the final FINAL_WINDOW episodes, as RunResult.summary's per-seed ratio) with
+    95% stratified-bootstrap CIs (rliable, seeded with 0, `bootstrap_reps` replications)
+    as `final_ratio_to_reference_{mean,ci95,iqm,iqm_ci95,per_seed}`; every metric of
+    `task.pool` over the final episodes of all seeds as `final_<metric>` (for cloud
+    scheduling the mean and p99 response time of those jobs), the reference's as
+    `<reference>_final_<metric>`; the mean episodes to converge."""
     from rliable import library, metrics
 
-    window = min(FINAL_WINDOW, sweep.episodes)
+    task = sweep.base.env.make_task()
+    ratio_column = f"ratio_to_{task.reference_name}"
     rows_of: dict[tuple, dict[int, list[dict]]] = {}
-    hist_of: dict[tuple, dict[int, dict]] = {}
+    finals_of: dict[tuple, dict[int, dict]] = {}
     names = ["algo", "num_agents"] + [f"grid_{name}" for name in sweep.grid_names]
     for doc in docs:
         for row in doc["rows"]:
             rows_of.setdefault(tuple(row[k] for k in names), {}).setdefault(row["seed"], []).append(row)
-        for h in doc["final_histograms"]:
-            hist_of.setdefault(tuple(h[k] for k in names), {})[h["seed"]] = h
+        for final in doc["final_metrics"]:
+            finals_of.setdefault(tuple(final[k] for k in names), {})[final["seed"]] = final["columns"]
     out = []
     for config in sweep.configurations():
         key = tuple(config[k] for k in names)
         per_seed = {s: sorted(rows, key=lambda r: r["episode"]) for s, rows in sorted(rows_of.get(key, {}).items())}
         entry = {**config, "seeds_done": len(per_seed)}
         if not per_seed:
-            out.append({**entry, "final_ratio_to_best_fit_mean": None, "final_ratio_to_best_fit_ci95": [None, None],
-                        "final_ratio_to_best_fit_iqm": None, "final_ratio_to_best_fit_iqm_ci95": [None, None],
+            out.append({**entry, "final_ratio_to_reference_mean": None, "final_ratio_to_reference_ci95": [None, None],
+                        "final_ratio_to_reference_iqm": None, "final_ratio_to_reference_iqm_ci95": [None, None],
                         "episodes_to_converge_mean": None})
             continue
-        finals = {s: rows[-window:] for s, rows in per_seed.items()}
-        total = lambda rows, name: float(np.sum(np.asarray([r[name] for r in rows], np.float64)))  # noqa: E731
-        ratios = np.array([(total(f, "response_time_sum") / max(total(f, "num_jobs"), 1.0))
-                           / (total(f, "best_fit_response_time_sum") / max(total(f, "best_fit_num_jobs"), 1.0))
-                           for f in finals.values()])
-        everything = [r for f in finals.values() for r in f]
-        learner_hist = np.sum([hist_of[key][s]["learner"] for s in per_seed], axis=0, dtype=np.float64)
-        best_fit_hist = np.sum([hist_of[key][s]["best_fit"] for s in per_seed], axis=0, dtype=np.float64)
-        ratio_curves = np.array([[r["ratio_to_best_fit"] for r in rows] for rows in per_seed.values()], np.float64)
+        # (seeds, window, ...) metrics of the learner and of the reference
+        metrics_all, reference_all = metrics_from_columns(
+            {name: np.stack([np.asarray(finals_of[key][s][name]) for s in per_seed])
+             for name in finals_of[key][next(iter(per_seed))]}, task)
+        ratios = np.array([evaluate.ratio_of_means(task, jax.tree.map(lambda x, i=i: x[i], metrics_all),
+                                                   jax.tree.map(lambda x, i=i: x[i], reference_all))
+                           for i in range(len(per_seed))])
+        ratio_curves = np.array([[r[ratio_column] for r in rows] for rows in per_seed.values()], np.float64)
         scores = ratios[:, None]  # (runs, tasks = 1)
         # rliable 1.2's StratifiedBootstrap draws its indices from numpy's global generator
         # (np.random.choice), not from random_state: seed that too, and put it back after.
@@ -661,21 +668,18 @@ def summarise(sweep: Sweep, docs: list[dict], bootstrap_reps: int = 2000) -> lis
         mean, iqm = (float(v) for v in point["x"])
         (mean_low, iqm_low), (mean_high, iqm_high) = (np.asarray(interval["x"], np.float64)).tolist()
         out.append({**entry,
-                    "final_ratio_to_best_fit_mean": mean, "final_ratio_to_best_fit_ci95": [mean_low, mean_high],
-                    "final_ratio_to_best_fit_iqm": iqm, "final_ratio_to_best_fit_iqm_ci95": [iqm_low, iqm_high],
-                    "final_ratio_to_best_fit_per_seed": ratios.tolist(), "seeds": list(per_seed),
-                    "final_mean_response_time": total(everything, "response_time_sum")
-                    / max(total(everything, "num_jobs"), 1.0),
-                    "final_p99_response_time": float(histogram_percentiles(learner_hist)[1]),
-                    "best_fit_final_mean_response_time": total(everything, "best_fit_response_time_sum")
-                    / max(total(everything, "best_fit_num_jobs"), 1.0),
-                    "best_fit_final_p99_response_time": float(histogram_percentiles(best_fit_hist)[1]),
+                    "final_ratio_to_reference_mean": mean, "final_ratio_to_reference_ci95": [mean_low, mean_high],
+                    "final_ratio_to_reference_iqm": iqm, "final_ratio_to_reference_iqm_ci95": [iqm_low, iqm_high],
+                    "final_ratio_to_reference_per_seed": ratios.tolist(), "seeds": list(per_seed),
+                    **{f"final_{k}": v for k, v in task.pool(metrics_all).items()},
+                    **{f"{task.reference_name}_final_{k}": v for k, v in task.pool(reference_all).items()},
                     "episodes_to_converge_mean": float(evaluate.episodes_to_converge(ratio_curves).mean())})
     return out
 
 
-def plot_final_ratio(configurations: list[dict], grid_names: Sequence[str], path: Path) -> None:
-    """Final ratio to Best-Fit (mean over seeds, 95% CI band) against the first grid value,
+def plot_final_ratio(configurations: list[dict], grid_names: Sequence[str], path: Path,
+                     reference: str = "best_fit") -> None:
+    """Final ratio to the reference (mean over seeds, 95% CI band) against the first grid value,
     or against N without a grid: one line per algo (and per N and other grid values)."""
     import matplotlib
 
@@ -686,21 +690,21 @@ def plot_final_ratio(configurations: list[dict], grid_names: Sequence[str], path
     label_names = ["algo"] + (["num_agents"] if grid_names else []) + [f"grid_{n}" for n in grid_names[1:]]
     lines: dict[str, list] = {}
     for c in configurations:
-        if c.get("final_ratio_to_best_fit_mean") is None:
+        if c.get("final_ratio_to_reference_mean") is None:
             continue
         label = ", ".join(str(c[k]) if k == "algo" else f"{k.removeprefix('grid_')}={c[k]:g}" for k in label_names)
-        low, high = c["final_ratio_to_best_fit_ci95"]
-        lines.setdefault(label, []).append((c[x_name], c["final_ratio_to_best_fit_mean"], low, high))
+        low, high = c["final_ratio_to_reference_ci95"]
+        lines.setdefault(label, []).append((c[x_name], c["final_ratio_to_reference_mean"], low, high))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, points in lines.items():
         x, mean, low, high = (np.array(v, np.float64) for v in zip(*sorted(points)))
         (line,) = ax.plot(x, mean, marker="o", ms=4, label=label)
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
-    ax.axhline(1.0, color="black", lw=1.2, label="best_fit")
+    ax.axhline(1.0, color="black", lw=1.2, label=reference)
     if x_name == "num_agents":
         ax.set_xscale("log")
     ax.set_xlabel(x_name.removeprefix("grid_"))
-    ax.set_ylabel("final mean response time / Best-Fit")
+    ax.set_ylabel(f"final cost / {reference}")
     ax.set_title("sweep: mean over seeds, 95% bootstrap CI")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
