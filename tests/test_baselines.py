@@ -33,7 +33,8 @@ def batched_states():
     jobs = env.Jobs(
                     size=jnp.asarray(np.where(valid, rng.lognormal(0.0, 0.6, (NUM_KEYS, j)), 0.0), jnp.float32),
                     candidates=jnp.asarray(rng.integers(0, m, (NUM_KEYS, j, k)), jnp.int32),
-                    valid=jnp.asarray(valid), num_overflow=jnp.zeros(NUM_KEYS, jnp.int32))
+                    valid=jnp.asarray(valid), num_overflow=jnp.zeros(NUM_KEYS, jnp.int32),
+                    agent=jnp.asarray(np.where(valid, np.arange(j), params.num_agents), jnp.int32))
     states = env.EnvState(backlog=jnp.asarray(rng.exponential(1.0, (NUM_KEYS, m)), jnp.float32) * params.capacity,
                           recent_utilisation=jnp.zeros((NUM_KEYS, m), jnp.float32),
                           burst_steps_left=jnp.zeros(NUM_KEYS, jnp.int32), time=jnp.arange(NUM_KEYS, dtype=jnp.int32),
@@ -66,7 +67,7 @@ def tiny_best_fit_case():
     and two jobs of sizes 1.5 and 1.0, every job seeing all three servers."""
     jobs = env.Jobs(size=jnp.array([1.5, 1.0], jnp.float32),
                     candidates=jnp.tile(jnp.arange(3, dtype=jnp.int32), (2, 1)), valid=jnp.ones(2, bool),
-                    num_overflow=jnp.zeros((), jnp.int32))
+                    num_overflow=jnp.zeros((), jnp.int32), agent=jnp.arange(2, dtype=jnp.int32))
     state = env.EnvState(backlog=jnp.array([0.5, 0.25, 0.0], jnp.float32), recent_utilisation=jnp.zeros(3),
                          burst_steps_left=jnp.zeros((), jnp.int32), time=jnp.zeros((), jnp.int32), jobs=jobs)
     return make_tiny_params(), state

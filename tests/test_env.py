@@ -73,7 +73,7 @@ def tiny_state(backlog, sizes):
     """A state of the tiny fleet with both slots holding jobs of `sizes`."""
     jobs = env.Jobs(size=jnp.array(sizes, jnp.float32),
                     candidates=jnp.tile(jnp.arange(3, dtype=jnp.int32), (2, 1)), valid=jnp.ones(2, bool),
-                    num_overflow=jnp.zeros((), jnp.int32))
+                    num_overflow=jnp.zeros((), jnp.int32), agent=jnp.arange(2, dtype=jnp.int32))
     return env.EnvState(backlog=jnp.array(backlog, jnp.float32), recent_utilisation=jnp.zeros(3, jnp.float32),
                         burst_steps_left=jnp.zeros((), jnp.int32), time=jnp.zeros((), jnp.int32), jobs=jobs)
 
@@ -150,7 +150,8 @@ def oracle_cases(draw):
     num_overflow = draw(st.integers(0, 3))
     jobs = env.Jobs(size=jnp.where(jnp.array(valid), jnp.array(sizes), 0.0),
                     candidates=jnp.zeros((j, params.num_candidates), jnp.int32), valid=jnp.array(valid),
-                    num_overflow=jnp.asarray(num_overflow, jnp.int32))
+                    num_overflow=jnp.asarray(num_overflow, jnp.int32),
+                    agent=jnp.where(jnp.array(valid), jnp.arange(j), params.num_agents).astype(jnp.int32))
     state = env.EnvState(backlog=jnp.asarray(backlog, jnp.float32), recent_utilisation=jnp.zeros(m, jnp.float32),
                          burst_steps_left=jnp.zeros((), jnp.int32), time=jnp.zeros((), jnp.int32), jobs=jobs)
     return params, state, jnp.asarray(servers, jnp.int32), draw(st.integers(0, 2**31 - 1))

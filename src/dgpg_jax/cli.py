@@ -1,10 +1,11 @@
-"""The `dgpg` command: eval, train, compare, sweep.
+"""The `dgpg` command: eval, train, compare, sweep, variance.
 
     dgpg eval --policy all --num-agents 200 --episodes 3 --seeds 2
     dgpg train --algo dgpg --num-agents 200 --episodes 20 --seeds 2 --out runs/dgpg
     dgpg compare --num-agents 200 --episodes 20 --seeds 2 --out runs/main
     dgpg sweep --algo dgpg,mappo --num-agents 20,200 --episodes 20 --seeds 64 --grid alpha=0.2,0.6 --out runs/sweep
     dgpg train --task ev-charging --num-agents 50 --episodes 10 --out runs/ev
+    dgpg variance --num-agents 200 --rollouts 64 [--checkpoint runs/dgpg]
 
 `--task` picks the system (cloud-scheduling by default, or ev-charging); the environment
 flags are those of its config (`dgpg train --task ev-charging --help`). Invalid settings
@@ -458,6 +459,44 @@ def cmd_sweep(args) -> None:
           f"{view.units}; written to {args.out}", False)
 
 
+# ----------------------------------------------------------------------------- variance
+
+def cmd_variance(args) -> None:
+    from dgpg_jax import checkpoint, diagnostics
+    from dgpg_jax.validation import check_integer
+
+    check_integer("rollouts", args.rollouts, minimum=4)
+    if args.baseline_rollouts is not None:
+        check_integer("baseline_rollouts", args.baseline_rollouts)
+    check_integer("seed", args.seed, minimum=0, maximum=2**32 - 1)
+    if args.updates_per_episode is None:  # the PPO segments play no part here: one, so that any even horizon is valid
+        args.updates_per_episode = 1
+    config = _train_config(args, "dgpg")
+    actor = None
+    if args.checkpoint:
+        if not Path(args.checkpoint, "config.json").exists():
+            raise ValueError(f"checkpoint={args.checkpoint!r} is invalid: allowed a `dgpg train` directory")
+        actor = checkpoint.load_actor(Path(args.checkpoint), args.task)
+    with _progress() as progress:
+        progress.add_task(f"variance at N={config.env.num_agents}", total=None, status=f"{args.rollouts} rollouts")
+        result = diagnostics.measure(config, rollouts=args.rollouts, seed=args.seed, actor=actor,
+                                     baseline_rollouts=args.baseline_rollouts, traces=args.traces)
+    result["checkpoint"] = args.checkpoint
+    if args.json:
+        _emit([result], [], "", True)
+        return
+    rows = [{"estimator": name, **{q: result[f"{q}_{name}"] for q in ("relative_variance", "variance", "mean_sq_norm")},
+             **{f"{q}_se": result[f"{q}_{name}_se"] for q in ("relative_variance", "variance", "mean_sq_norm")}}
+            for name in diagnostics.ESTIMATORS]
+    columns = [("estimator", "advantage", ""), ("relative_variance", "relative variance", ".4g"),
+               ("relative_variance_se", "SE", ".2g"), ("variance", "variance", ".4g"), ("variance_se", "SE", ".2g"),
+               ("mean_sq_norm", "|mean|^2", ".4g"), ("mean_sq_norm_se", "SE", ".2g")]
+    _emit(rows, columns, f"per-agent policy-gradient variance, {args.task} N={result['num_agents']}, "
+          f"{args.rollouts} rollouts on {args.traces} traces, "
+          f"{'checkpoint ' + args.checkpoint if args.checkpoint else 'initial actor of seed ' + str(args.seed)}; "
+          "relative variance = trace of one agent's covariance / squared norm of the mean", False)
+
+
 # ----------------------------------------------------------------------------- main
 
 def build_parser(task: str = tasks.DEFAULT_TASK) -> argparse.ArgumentParser:
@@ -519,6 +558,19 @@ def build_parser(task: str = tasks.DEFAULT_TASK) -> argparse.ArgumentParser:
     _add_env_flags(p, task)
     p.add_argument("--num-agents", default="20", help="comma list of N (default 20)")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("variance", help="per-agent policy-gradient variance: shared return against guidance")
+    p.add_argument("--rollouts", type=int, default=64, help="independent rollouts R (default 64, at least 4)")
+    p.add_argument("--baseline-rollouts", type=int,
+                   help="further rollouts giving the per-step baseline of the shared return (default R)")
+    p.add_argument("--traces", choices=("same", "independent"), default="same",
+                   help="every rollout on the same day (default) or each on its own")
+    p.add_argument("--checkpoint", help="a `dgpg train` directory: its trained actor (default the initial one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial actor and of the rollouts (default 0)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    _add_train_flags(p, task)
+    _add_env_flags(p, task)
+    p.set_defaults(func=cmd_variance, episodes=1)
     return parser
 
 

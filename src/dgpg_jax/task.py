@@ -10,8 +10,10 @@ features. A Task supplies, as pure jittable functions:
   (obs, state, reward, done, info)`, Gymnax-style with auto-reset at the day's end;
   `obs` is the (J, k, F) candidate features of the rows deciding at `state`, and
   `observe(state, params)` recomputes it (what a policy of a state reads);
-- `valid(state) -> (J,) bool`, the rows holding a decision, and `to_actions(state,
-  choice) -> actions`, the step's actions from each row's candidate index (J,) int32;
+- `valid(state) -> (J,) bool`, the rows holding a decision, `agent(state) -> (J,)
+  int32`, the agent deciding in each row (N for an empty row; the variance diagnostics
+  sum each agent's decisions), and `to_actions(state, choice) -> actions`, the step's
+  actions from each row's candidate index (J,) int32;
 - `critic_inputs(state, params) -> ((E, Fe) entity features, (Fg,) global features)`
   for the centralised critic, and `clock(state, params) -> ()` the fraction of the day
   left (the local critic's input beside the candidate features);
@@ -56,6 +58,7 @@ class Task:
     step: Callable
     observe: Callable
     valid: Callable
+    agent: Callable
     to_actions: Callable
     critic_inputs: Callable
     clock: Callable

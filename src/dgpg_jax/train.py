@@ -241,26 +241,36 @@ def learned_policy(task: Task, actor: Actor, actor_params, deterministic: bool =
     return act
 
 
+def act_and_guide(learner: Learner, actor_params, task: Task, env_state, obs: jax.Array, key: jax.Array,
+                  with_guidance: bool):
+    """One step's decisions: (logits (J, k), candidate index (J,), its log-probability (J,),
+    the centred guidance advantage of every candidate (J, k), zeros unless
+    `with_guidance`)."""
+    logits, action = _sample(learner.actor, actor_params, obs, key)
+    # The barrier keeps XLA from fusing the stored log-probabilities with the guidance's
+    # softmax of the same logits, which changed them by an ulp: DG-PG at alpha = 0 would
+    # then drift from MAPPO instead of matching it bit for bit.
+    logits, log_prob = jax.lax.optimization_barrier((logits, policy_distribution(logits).log_prob(action)))
+    if with_guidance:
+        guidance_at = task.guidance(learner.potential, env_state, action, task.params, not learner.config.first_order)
+        guidance_advantage = algorithms.centred_guidance(guidance_at, jax.nn.softmax(logits, axis=-1))
+    else:
+        guidance_advantage = jnp.zeros_like(logits)
+    return logits, action, log_prob, guidance_advantage
+
+
 def _rollout_step(learner: Learner, runner: RunnerState, task: Task, carry, keys):
     """Act, compute guidance, step the environment; returns the new carry and a transition."""
     env_state, obs = carry
     env_key, policy_key = keys
     params = task.params
     valid = task.valid(env_state)
-    logits, action = _sample(learner.actor, runner.params["actor"], obs, policy_key)
-    # The barrier keeps XLA from fusing the stored log-probabilities with the guidance's
-    # softmax of the same logits, which changed them by an ulp: DG-PG at alpha = 0 would
-    # then drift from MAPPO instead of matching it bit for bit.
-    logits, log_prob = jax.lax.optimization_barrier((logits, policy_distribution(logits).log_prob(action)))
+    logits, action, log_prob, guidance_advantage = act_and_guide(
+        learner, runner.params["actor"], task, env_state, obs, policy_key, algorithms.uses_guidance(learner.config.algo))
     entity_features, global_features = task.critic_inputs(env_state, params)
     clock = task.clock(env_state, params)
     value, job_value = _critic_values(learner, runner.params, runner.value_norm, obs, entity_features,
                                       global_features, clock, valid)
-    if algorithms.uses_guidance(learner.config.algo):
-        guidance_at = task.guidance(learner.potential, env_state, action, params, not learner.config.first_order)
-        guidance_advantage = algorithms.centred_guidance(guidance_at, jax.nn.softmax(logits, axis=-1))
-    else:
-        guidance_advantage = jnp.zeros_like(logits)
     actions = task.to_actions(env_state, action)
     next_obs, next_state, reward, done, info = task.step(env_key, env_state, actions, params)
     transition = Transition(obs, valid, action, log_prob, guidance_advantage, entity_features,

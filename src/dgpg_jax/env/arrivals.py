@@ -83,6 +83,7 @@ def sample_jobs(key: jax.Array, params: EnvParams, time: jax.Array, burst: jax.A
         candidates=sample_candidates(candidate_key, params, j),
         valid=valid,
         num_overflow=(arrives.sum() - valid.sum()).astype(jnp.int32),
+        agent=agent.astype(jnp.int32),
     )
 
 

@@ -169,6 +169,7 @@ class Jobs:
     candidates: jax.Array  # (J, k) int32, server indices the job may go to
     valid: jax.Array  # (J,) bool, slot holds a job
     num_overflow: jax.Array  # () int32, arrivals beyond J, rejected
+    agent: jax.Array  # (J,) int32, the agent that received the job; N for an empty slot
 
 
 @struct.dataclass

@@ -15,7 +15,8 @@ def make_task(config: EVConfig) -> Task:
     """The EV-charging Task of a validated `config`."""
     return Task(
         name="ev-charging", params=make_params(config), reset=reset, step=step, observe=candidate_observation,
-        valid=lambda state: state.arrivals.valid, to_actions=lambda state, choice: choice,
+        valid=lambda state: state.arrivals.valid, agent=lambda state: state.arrivals.agent,
+        to_actions=lambda state, choice: choice,
         critic_inputs=slot_observation, clock=lambda state, params: day_left(params, state.time),
         guidance=task_guidance, potentials=POTENTIALS,
         record=lambda state, actions, reward, info: make_record(reward, info), summarise=summarise, pool=pool,
