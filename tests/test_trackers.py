@@ -153,6 +153,28 @@ def test_tensorboard_with_real_log_columns(tmp_path):
     assert got["best_fit/mean_response_time"] == [(5, 14.0), (6, 14.0)]  # offset 10 + index 4
 
 
+def test_ev_charging_reference_tagged_valley(tmp_path):
+    """EV charging's reference columns (valley_*) go under "valley/", not "train/"."""
+    from dgpg_jax import runner, train
+    from dgpg_jax.ev import EVConfig
+    from dgpg_jax.ev.evaluate import EpisodeMetrics
+
+    def metrics(offset):
+        return EpisodeMetrics(**{f.name: np.full((1, 2), offset + i, np.float32)
+                                 for i, f in enumerate(dataclasses.fields(EpisodeMetrics))})
+
+    task = EVConfig(num_agents=5).make_task()
+    quantities = {name: np.full((1, 2), 0.5, np.float32) for name in train.EpisodeLog._fields[2:]}
+    columns = runner.log_columns(train.EpisodeLog(metrics(0.0), metrics(10.0), **quantities), task)
+    trackers.log_episodes("tensorboard", tmp_path, columns, 0, [("seed_0", {})], task.reference_name)
+    got = read_scalars(tmp_path / "seed_0")
+    names = [f.name for f in dataclasses.fields(EpisodeMetrics)]
+    assert {f"valley/{n}" for n in names} | {f"train/{n}" for n in names} | {"train/ratio_to_valley"} <= set(got)
+    assert not any(tag.startswith("train/valley") for tag in got)
+    cost = 10.0 + names.index("total_cost")
+    assert got["valley/total_cost"] == [(1, cost), (2, cost)]
+
+
 def test_none_writes_nothing(tmp_path):
     trackers.log_episodes("none", tmp_path, make_columns(), 0, RUNS)
     with trackers.open_tracker("none", tmp_path, "seed_0", {}) as tracker:

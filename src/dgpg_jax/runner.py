@@ -127,7 +127,7 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
             done += count
             stacked = _concatenate(parts)
             if sinks:  # before the checkpoint: a crash in between repeats points rather than losing them
-                trackers.write_episodes(sinks, log_columns(parts[-1], task), done - count)
+                trackers.write_episodes(sinks, log_columns(parts[-1], task), done - count, task.reference_name)
             if out_dir is not None:
                 write_metrics(Path(out_dir) / "metrics.jsonl", stacked, task)
                 checkpoint.save_runner(out_dir, runner)

@@ -583,7 +583,8 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
                 runs = [(f"{run_name(sweep, group['algo'], group['num_agents'], p)}/seed_{sweep.seed_values[s]}",
                          {**configuration(group["algo"], group["num_agents"], sweep.points()[p]),
                           "seed": sweep.seed_values[s]}) for p, s in (items[q] for q in positions)]
-                trackers.log_episodes(log, out_dir / "logs", log_columns(logs, group["learner"].task), 0, runs)
+                task = group["learner"].task
+                trackers.log_episodes(log, out_dir / "logs", log_columns(logs, task), 0, runs, task.reference_name)
             write_atomic(chunk_path(out_dir, group["algo"], group["num_agents"], index, process, processes),
                          json.dumps(doc) + "\n")
             if distributed.is_main():

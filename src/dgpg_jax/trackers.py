@@ -138,11 +138,12 @@ def close_trackers(trackers: Sequence[Tracker]) -> None:
         tracker.close()
 
 
-def tag(column: str) -> str:
-    """Tracker tag of a `runner.log_columns` name: Best-Fit's columns under "best_fit/",
-    the learner's metrics and quantities under "train/"."""
-    if column.startswith("best_fit_"):
-        return "best_fit/" + column.removeprefix("best_fit_")
+def tag(column: str, reference: str = "best_fit") -> str:
+    """Tracker tag of a `runner.log_columns` name: the reference's columns under
+    "<reference>/" ("best_fit/", "valley/"), the learner's metrics and quantities under
+    "train/"."""
+    if column.startswith(f"{reference}_"):
+        return f"{reference}/" + column.removeprefix(f"{reference}_")
     return "train/" + column
 
 
@@ -159,21 +160,23 @@ def _scalar_columns(columns: dict[str, np.ndarray], num_runs: int, first_episode
     return scalar
 
 
-def write_episodes(trackers: Sequence[Tracker], columns: dict[str, np.ndarray], first_episode: int) -> None:
+def write_episodes(trackers: Sequence[Tracker], columns: dict[str, np.ndarray], first_episode: int,
+                   reference: str = "best_fit") -> None:
     """Log episodes first_episode + 1, first_episode + 2, ... of run s to `trackers[s]`.
 
-    `columns` is `runner.log_columns(logs)`: arrays [S, E] per name for the S runs and E
-    episodes; columns with more axes (histograms [S, E, NUM_BINS]) are left out, and so
-    are NaN and infinite values."""
+    `columns` is `runner.log_columns(logs, task)`: arrays [S, E] per name for the S runs
+    and E episodes; columns with more axes (histograms [S, E, NUM_BINS]) are left out, and
+    so are NaN and infinite values. `reference` is the task's `reference_name` (`tag`)."""
     scalar = _scalar_columns(columns, len(trackers), first_episode)
     num_episodes = next(iter(scalar.values())).shape[1] if scalar else 0
     for s, tracker in enumerate(trackers):
         for e in range(num_episodes):
-            tracker.log_scalars(first_episode + e + 1, {tag(name): value[s, e] for name, value in scalar.items()})
+            tracker.log_scalars(first_episode + e + 1,
+                                {tag(name, reference): value[s, e] for name, value in scalar.items()})
 
 
 def log_episodes(tracker_name: str, log_dir: Path, columns: dict[str, np.ndarray], first_episode: int,
-                 runs: Sequence[tuple[str, dict]]) -> None:
+                 runs: Sequence[tuple[str, dict]], reference: str = "best_fit") -> None:
     """Open a tracker per run of `runs` (`(run_name, config)` of run s), log its episodes
     first_episode + 1, ... from `columns` (see `write_episodes`), and close them.
 
@@ -189,6 +192,6 @@ def log_episodes(tracker_name: str, log_dir: Path, columns: dict[str, np.ndarray
         return
     trackers = open_trackers(tracker_name, log_dir, runs)
     try:
-        write_episodes(trackers, columns, first_episode)
+        write_episodes(trackers, columns, first_episode, reference)
     finally:
         close_trackers(trackers)
