@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow test-all bench clean
+.PHONY: run test test-slow test-all bench reproduce reproduce-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,22 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/env_throughput.py
+
+# Every experiment of results/ and docs/ (resumable: a rerun skips what is done).
+reproduce: $(STAMP)
+	$(BIN)/python experiments/variance.py
+	$(BIN)/python experiments/ev_charging.py
+	$(BIN)/python experiments/scale.py --setting queueing
+	$(BIN)/python experiments/scale.py --setting paper
+
+# A subset that still shows each claim, into results/quick/ (not committed).
+QUICK := results/quick
+reproduce-quick: $(STAMP)
+	$(BIN)/python experiments/variance.py --sizes 5,50,500 --rollouts 32 --settings queueing,ev-charging \
+		--out $(QUICK)/variance --figures $(QUICK)
+	$(BIN)/python experiments/ev_charging.py --sizes 10,200 --seeds 2 --out $(QUICK)/ev_charging --figures $(QUICK)
+	$(BIN)/python experiments/scale.py --setting queueing --sizes 20,200 --seeds 3 --out $(QUICK)/scale \
+		--figures $(QUICK)
 
 clean:
 	rm -rf $(VENV) runs

@@ -16,14 +16,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from common import ROOT, read_jsonl as read_rows
 from dgpg_jax import evaluate, runner, train
 from dgpg_jax.ev import EVConfig
 
-OUT = Path(__file__).resolve().parent.parent / "results" / "ev_charging"
-
-
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+OUT = ROOT / "results" / "ev_charging"  # --out
+FIGURES = ROOT / "docs"  # --figures
 
 
 def run(sizes: list[int], episodes: int, seeds: int) -> None:
@@ -94,7 +92,8 @@ def plot() -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(Path(__file__).resolve().parent.parent / "docs" / "ev_charging_scale.png", dpi=120)
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURES / "ev_charging_scale.png", dpi=120)
 
 
 if __name__ == "__main__":
@@ -102,8 +101,11 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", default="10,50,200,1000,1500")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--plot", action="store_true", help="only redraw the figure from results/")
+    parser.add_argument("--out", default=str(OUT), help="results directory (default results/ev_charging)")
+    parser.add_argument("--figures", default=str(FIGURES), help="figure directory (default docs)")
+    parser.add_argument("--plot", action="store_true", help="only redraw the figure from the results")
     args = parser.parse_args()
+    OUT, FIGURES = Path(args.out), Path(args.figures)
     if not args.plot:
         run([int(n) for n in args.sizes.split(",")], args.episodes, args.seeds)
     plot()

@@ -25,12 +25,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from common import ROOT, append_jsonl, read_jsonl
 from dgpg_jax import diagnostics, runner, train
 from dgpg_jax.env import EnvConfig
 from dgpg_jax.ev import EVConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "results" / "variance"
+OUT = ROOT / "results" / "variance"  # --out
+FIGURES = ROOT / "docs"  # --figures
 SETTINGS = {
     "queueing": train.TrainConfig(env=EnvConfig(horizon=200)),
     "paper": train.TrainConfig(env=EnvConfig(horizon=200, memoryless=True, mean_job_steps=0.6,
@@ -45,8 +46,7 @@ def at_size(config: train.TrainConfig, n: int) -> train.TrainConfig:
 
 
 def read_rows() -> list[dict]:
-    path = OUT / "rows.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_jsonl(OUT / "rows.jsonl")
 
 
 def run(settings: list[str], sizes: list[int], rollouts: int) -> None:
@@ -69,8 +69,7 @@ def run(settings: list[str], sizes: list[int], rollouts: int) -> None:
                 row = {"setting": setting, "actor": actor_name, **result}
                 print(json.dumps({k: row[k] for k in ("setting", "actor", "num_agents", "relative_variance_shared",
                                                       "relative_variance_guidance")}), flush=True)
-                with open(OUT / "rows.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_jsonl(OUT / "rows.jsonl", [row])
     summarise()
 
 
@@ -143,7 +142,8 @@ def plot() -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "variance_slopes.png", dpi=120)
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURES / "variance_slopes.png", dpi=120)
 
 
 if __name__ == "__main__":
@@ -151,8 +151,11 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", default="5,10,20,50,100,200,500,1000,1500")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--rollouts", type=int, default=64)
-    parser.add_argument("--plot", action="store_true", help="only redraw the figure from results/")
+    parser.add_argument("--out", default=str(OUT), help="results directory (default results/variance)")
+    parser.add_argument("--figures", default=str(FIGURES), help="figure directory (default docs)")
+    parser.add_argument("--plot", action="store_true", help="only redraw the figure from the results")
     args = parser.parse_args()
+    OUT, FIGURES = Path(args.out), Path(args.figures)
     if not args.plot:
         run(args.settings.split(","), [int(n) for n in args.sizes.split(",")], args.rollouts)
     plot()

@@ -579,6 +579,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
             positions, logs = _local_part(program(*_inputs(key_data, seeds, table, sharding), reference), len(items))
             doc = _chunk_doc(sweep, group["index"], group["algo"], group["num_agents"], index,
                              [items[p] for p in positions], logs)
+            doc["run_seconds"] = time.perf_counter() - t0  # this chunk, its references included
             if log != "none" and positions:
                 runs = [(f"{run_name(sweep, group['algo'], group['num_agents'], p)}/seed_{sweep.seed_values[s]}",
                          {**configuration(group["algo"], group["num_agents"], sweep.points()[p]),
