@@ -69,14 +69,15 @@ def run_baselines(setting: str, sizes: list[int], seeds: int, episodes: int) -> 
         print(f"baselines N={n} done", flush=True)
 
 
-def summarise(setting: str) -> dict:
-    result = json.loads((out_dir(setting) / "sweep" / "summary.json").read_text())
+def summarise(setting: str, spec: sweep.Sweep) -> dict:
+    """summary.json from the chunk files written so far (a killed sweep included)."""
+    docs = sweep.read_chunks(out_dir(setting) / "sweep")
     seconds: dict[tuple, float] = {}
-    for doc in sweep.read_chunks(out_dir(setting) / "sweep"):
+    for doc in docs:
         algo, n = doc["group"].rsplit("-n", 1)
         seconds[(algo, int(n))] = seconds.get((algo, int(n)), 0.0) + doc["run_seconds"]
     table: dict[str, dict] = {}
-    for c in result["configurations"]:
+    for c in sweep.summarise(spec, docs):
         if c.get("final_ratio_to_reference_mean") is None:
             continue
         table.setdefault(str(c["num_agents"]), {})[c["algo"]] = {
@@ -89,8 +90,8 @@ def summarise(setting: str) -> dict:
         table.setdefault(str(row["num_agents"]), {})[row["policy"]] = {
             "final_ratio": row["ratio_to_reference"], "mean_response_time": row["mean_response_time"],
             "p99_response_time": row["p99_response_time"], "rejection_rate": row["rejection_rate"]}
-    summary = {"setting": setting, "episodes": result["episodes"], "seeds": result["seeds"],
-               "final_window": result["final_window"], "by_num_agents": table}
+    summary = {"setting": setting, "episodes": spec.episodes, "seeds": spec.seeds,
+               "final_window": min(FINAL_WINDOW, spec.episodes), "by_num_agents": table}
     (out_dir(setting) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -170,16 +171,19 @@ if __name__ == "__main__":
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--out", default=str(OUT), help="results directory (default results/scale)")
     parser.add_argument("--figures", default=str(FIGURES), help="figure directory (default docs)")
-    parser.add_argument("--plot", action="store_true", help="only redraw the figures from the results")
+    parser.add_argument("--plot", action="store_true",
+                        help="only summarise and redraw from the chunks written so far (same --sizes, --seeds, "
+                             "--episodes as the run)")
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)
     FIGURES.mkdir(parents=True, exist_ok=True)
+    sizes = [int(n) for n in args.sizes.split(",")]
+    spec = make_sweep(args.setting, sizes, args.seeds, args.episodes)
     if not args.plot:
-        sizes = [int(n) for n in args.sizes.split(",")]
         out_dir(args.setting).mkdir(parents=True, exist_ok=True)
         run_baselines(args.setting, sizes, args.seeds, args.episodes)
-        spec = make_sweep(args.setting, sizes, args.seeds, args.episodes)
-        sweep.run_sweep(spec, out_dir(args.setting) / "sweep",
+        # one chunk of all seeds per (algo, N): they fit at every N, and no memory probe is compiled
+        sweep.run_sweep(spec, out_dir(args.setting) / "sweep", chunk_seeds=args.seeds,
                         on_progress=lambda e: print(json.dumps(e), flush=True) if e["event"] != "planned" else None)
-        summarise(args.setting)
+    summarise(args.setting, spec)
     plot(args.setting)

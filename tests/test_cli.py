@@ -72,7 +72,6 @@ def test_eval_json_prints_one_line_per_policy(capsys):
         (["eval", "--task", "ev-charging", "--horizon", "1", *SMALL_EVAL[:-3]], r"horizon"),
         (["eval", "--task", "ev-charging", "--power-probabilities", "0.5", "0.2", "0.2", *SMALL_EVAL[:-3]],
          r"power_probabilities"),
-        (["sweep", "--task", "ev-charging", "--out", "unused", "--seeds", "1"], r"cloud-scheduling"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, parameter, capsys, tmp_path, monkeypatch):

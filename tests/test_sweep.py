@@ -365,6 +365,7 @@ def test_two_processes_equal_one_and_restart_skips_everything(two_processes, ful
     assert (again["chunks_run"], again["chunks_skipped"]) == (0, 2)
 
 
+@pytest.mark.slow
 def test_ev_charging_sweep_equals_train_and_refuses_a_load_grid(tmp_path, capsys):
     """The sweep engine runs any task: an EV-charging sweep's per-seed final ratio to the
     valley-filling bound and its rows equal `dgpg train --task ev-charging` with that seed;
