@@ -107,7 +107,7 @@ def test_per_agent_gradients_equal_a_direct_grad_of_each_agents_surrogate(env, s
     learner = train.make_learner(config)
     run_key = evaluate.seed_keys(3, 1)[0]
     actor_params = train.init_runner(learner, run_key, train.default_hyper(config)).params["actor"]
-    key, rollouts = jax.random.key(11), 2
+    key, rollouts = jax.random.key(11), 1
     baseline = jnp.linspace(-0.5, 0.1, env.horizon)
     moments = diagnostics.gradient_moments(learner, actor_params, key, rollouts, baseline, same, 1)
     reference = reference_moments(learner, actor_params, key, rollouts, baseline, same)
