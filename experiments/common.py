@@ -17,3 +17,13 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+
+
+def save_figure(fig, directory: Path, name: str) -> None:
+    """Lay out `fig`, write it as directory/name (the directory created) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fig.savefig(Path(directory) / name, dpi=120)
+    plt.close(fig)

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import ROOT, read_jsonl as read_rows
+from common import ROOT, read_jsonl as read_rows, save_figure
 from dgpg_jax import evaluate, runner, train
 from dgpg_jax.ev import EVConfig
 
@@ -91,9 +91,7 @@ def plot() -> None:
     ax.set_ylabel("day cost / valley-filling bound (final 3 episodes)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURES / "ev_charging_scale.png", dpi=120)
+    save_figure(fig, FIGURES, "ev_charging_scale.png")
 
 
 if __name__ == "__main__":

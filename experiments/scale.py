@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import ROOT, append_jsonl, read_jsonl
+from common import ROOT, append_jsonl, read_jsonl, save_figure
 from dgpg_jax import evaluate, sweep, train
 from dgpg_jax.baselines import BASELINES
 from dgpg_jax.env import EnvConfig
@@ -125,9 +125,7 @@ def plot(setting: str) -> None:
     ax.set_title(f"{setting}: {summary['seeds']} seeds, {summary['episodes']} episodes, 95% CI")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(FIGURES / f"scale_{setting}_final.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, FIGURES, f"scale_{setting}_final.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for policy in ALGOS:
@@ -140,9 +138,7 @@ def plot(setting: str) -> None:
     ax.set_title(setting)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(FIGURES / f"scale_{setting}_converge.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, FIGURES, f"scale_{setting}_converge.png")
 
     rows = pd.read_json(out_dir(setting) / "sweep" / "rows.jsonl", lines=True, precise_float=True)
     fig, axes = plt.subplots(1, len(sizes), figsize=(2.6 * len(sizes), 3), sharey=True, squeeze=False)
@@ -159,9 +155,7 @@ def plot(setting: str) -> None:
     axes[0][0].set_ylabel("/ Best-Fit (mean over seeds)")
     axes[0][0].set_ylim(0.8, 2.5)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(FIGURES / f"scale_{setting}_curves.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, FIGURES, f"scale_{setting}_curves.png")
 
 
 if __name__ == "__main__":
@@ -177,7 +171,6 @@ if __name__ == "__main__":
                              "--episodes as the run)")
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)
-    FIGURES.mkdir(parents=True, exist_ok=True)
     sizes = [int(n) for n in args.sizes.split(",")]
     spec = make_sweep(args.setting, sizes, args.seeds, args.episodes)
     if not args.plot:

@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import ROOT, append_jsonl, read_jsonl
+from common import ROOT, append_jsonl, read_jsonl, save_figure
 from dgpg_jax import diagnostics, runner, train
 from dgpg_jax.env import EnvConfig
 from dgpg_jax.ev import EVConfig
@@ -141,9 +141,7 @@ def plot() -> None:
         ax.set_title(setting)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURES / "variance_slopes.png", dpi=120)
+    save_figure(fig, FIGURES, "variance_slopes.png")
 
 
 if __name__ == "__main__":
