@@ -1,10 +1,31 @@
-"""What the experiment scripts share: the repository root, and JSON-lines files of rows
-(appended one row at a time, so that a killed run keeps what it finished)."""
+"""What the experiment scripts share: the repository root, the two cloud settings,
+JSON-lines files of rows (appended one row at a time, so that a killed run keeps what it
+finished), resumable sweeps and their tables, and figures."""
 
 import json
 from pathlib import Path
 
+from dgpg_jax import train
+from dgpg_jax.env import EnvConfig
+
 ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = {
+    "queueing": train.TrainConfig(env=EnvConfig()),
+    # the paper preset; its day is 200 steps (backlog does not carry over, so the day's
+    # length sets only the decisions per episode, and the default 1000 costs 5x more)
+    "paper": train.TrainConfig(env=EnvConfig(horizon=200, memoryless=True, mean_job_steps=0.6,
+                                             candidate_sampling="uniform"), potential="split"),
+}
+ALGOS = ("dgpg", "mappo", "ippo")
+
+
+def parse_settings(text: str) -> list[str]:
+    """The comma list of --settings, each checked against SETTINGS."""
+    names = text.split(",")
+    for name in names:
+        if name not in SETTINGS:
+            raise SystemExit(f"--settings: {name!r} is invalid: allowed {', '.join(SETTINGS)}")
+    return names
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -27,3 +48,56 @@ def save_figure(fig, directory: Path, name: str) -> None:
     Path(directory).mkdir(parents=True, exist_ok=True)
     fig.savefig(Path(directory) / name, dpi=120)
     plt.close(fig)
+
+
+def run_sweep(spec, directory: Path) -> None:
+    """Run (or resume) the sweep `spec` into `directory`, one chunk of all seeds per (algo, N)
+    and grid point, printing each chunk's progress."""
+    from dgpg_jax import sweep
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    sweep.run_sweep(spec, Path(directory), chunk_seeds=spec.seeds,
+                    on_progress=lambda e: print(json.dumps(e), flush=True) if e["event"] != "planned" else None)
+
+
+def sweep_table(spec, directory: Path) -> list[dict]:
+    """One row per configuration of `spec` with finished seeds, from the chunk files written
+    so far (a killed sweep included): algo, num_agents, grid_<name>, the final ratio to the
+    reference with its 95% CI and per seed, the task's pooled final metrics (`final_<metric>`),
+    episodes to converge, seeds, and the seconds to run all chunks of its (algo, N), compile
+    excluded (the first algo at each N also runs the references)."""
+    from dgpg_jax import sweep
+
+    docs = sweep.read_chunks(Path(directory))
+    seconds: dict[tuple, float] = {}
+    for doc in docs:
+        algo, n = doc["group"].rsplit("-n", 1)
+        seconds[(algo, int(n))] = seconds.get((algo, int(n)), 0.0) + doc["run_seconds"]
+    rows = []
+    for c in sweep.summarise(spec, docs):
+        if c.get("final_ratio_to_reference_mean") is None:
+            continue
+        rows.append({
+            "algo": c["algo"], "num_agents": c["num_agents"], **{k: v for k, v in c.items() if k.startswith("grid_")},
+            "final_ratio": c["final_ratio_to_reference_mean"], "final_ratio_ci95": c["final_ratio_to_reference_ci95"],
+            "final_ratio_per_seed": c["final_ratio_to_reference_per_seed"],
+            **{k: v for k, v in c.items() if k.startswith("final_") and not k.startswith("final_ratio")},
+            "episodes_to_converge": c["episodes_to_converge_mean"], "seeds": c["seeds_done"],
+            "run_seconds": seconds.get((c["algo"], c["num_agents"]))})
+    return rows
+
+
+def baseline_rows(env_config, policies, seeds: int, episodes: int) -> list[dict]:
+    """Rows of `evaluate.evaluate_policies` for the named baselines on the traces of the final
+    FINAL_WINDOW episodes of seeds 0..seeds-1 of an `episodes`-episode training run (the
+    episodes the sweeps' final figures pool), pooled over seeds."""
+    import jax
+
+    from dgpg_jax import evaluate
+    from dgpg_jax.baselines import BASELINES
+    from dgpg_jax.runner import FINAL_WINDOW
+
+    window = min(FINAL_WINDOW, episodes)
+    run_keys = jax.vmap(train.traces_key)(jax.numpy.stack([evaluate.seed_keys(s, 1)[0] for s in range(seeds)]))
+    return evaluate.evaluate_policies([(name, BASELINES[name]) for name in policies], env_config.make_task(),
+                                      run_keys, window, episodes - window)

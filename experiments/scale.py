@@ -22,25 +22,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from common import ROOT, append_jsonl, read_jsonl, save_figure
-from dgpg_jax import evaluate, sweep, train
-from dgpg_jax.baselines import BASELINES
-from dgpg_jax.env import EnvConfig
+from common import ALGOS, ROOT, SETTINGS, append_jsonl, baseline_rows, read_jsonl, run_sweep, save_figure, sweep_table
+from dgpg_jax import sweep
 from dgpg_jax.runner import FINAL_WINDOW
 
 OUT = ROOT / "results" / "scale"  # --out: one directory per setting below it
 FIGURES = ROOT / "docs"  # --figures
-SETTINGS = {
-    "queueing": train.TrainConfig(env=EnvConfig()),
-    # the paper preset; its day is 200 steps (backlog does not carry over, so the day's
-    # length sets only the decisions per episode, and the default 1000 costs 5x more)
-    "paper": train.TrainConfig(env=EnvConfig(horizon=200, memoryless=True, mean_job_steps=0.6,
-                                             candidate_sampling="uniform"), potential="split"),
-}
-ALGOS = ("dgpg", "mappo", "ippo")
 POLICIES = ("best_fit", "greedy", "greedy_k", "greedy_k_simultaneous", "bestfit_k", "jsq", "static_split",
             "power_of_d", "capacity", "random")
 
@@ -57,35 +46,24 @@ def make_sweep(setting: str, sizes: list[int], seeds: int, episodes: int) -> swe
 def run_baselines(setting: str, sizes: list[int], seeds: int, episodes: int) -> None:
     path = out_dir(setting) / "baselines.jsonl"
     done = {row["num_agents"] for row in read_jsonl(path)}
-    window = min(FINAL_WINDOW, episodes)
-    run_keys = jax.vmap(train.traces_key)(jax.numpy.stack([evaluate.seed_keys(s, 1)[0] for s in range(seeds)]))
     for n in sizes:
         if n in done:
             continue
-        task = dataclasses.replace(SETTINGS[setting].env, num_agents=n).make_task()
-        rows = evaluate.evaluate_policies([(name, BASELINES[name]) for name in POLICIES], task, run_keys, window,
-                                          episodes - window)
+        rows = baseline_rows(dataclasses.replace(SETTINGS[setting].env, num_agents=n), POLICIES, seeds, episodes)
         append_jsonl(path, [{"num_agents": n, **row} for row in rows])
         print(f"baselines N={n} done", flush=True)
 
 
 def summarise(setting: str, spec: sweep.Sweep) -> dict:
     """summary.json from the chunk files written so far (a killed sweep included)."""
-    docs = sweep.read_chunks(out_dir(setting) / "sweep")
-    seconds: dict[tuple, float] = {}
-    for doc in docs:
-        algo, n = doc["group"].rsplit("-n", 1)
-        seconds[(algo, int(n))] = seconds.get((algo, int(n)), 0.0) + doc["run_seconds"]
     table: dict[str, dict] = {}
-    for c in sweep.summarise(spec, docs):
-        if c.get("final_ratio_to_reference_mean") is None:
-            continue
-        table.setdefault(str(c["num_agents"]), {})[c["algo"]] = {
-            "final_ratio": c["final_ratio_to_reference_mean"], "final_ratio_ci95": c["final_ratio_to_reference_ci95"],
-            "final_ratio_per_seed": c["final_ratio_to_reference_per_seed"],
-            "mean_response_time": c["final_mean_response_time"], "p99_response_time": c["final_p99_response_time"],
-            "rejection_rate": c["final_rejection_rate"], "episodes_to_converge": c["episodes_to_converge_mean"],
-            "seeds": c["seeds_done"], "run_seconds": seconds.get((c["algo"], c["num_agents"]))}
+    for row in sweep_table(spec, out_dir(setting) / "sweep"):
+        table.setdefault(str(row["num_agents"]), {})[row["algo"]] = {
+            "final_ratio": row["final_ratio"], "final_ratio_ci95": row["final_ratio_ci95"],
+            "final_ratio_per_seed": row["final_ratio_per_seed"], "mean_response_time": row["final_mean_response_time"],
+            "p99_response_time": row["final_p99_response_time"], "rejection_rate": row["final_rejection_rate"],
+            "episodes_to_converge": row["episodes_to_converge"], "seeds": row["seeds"],
+            "run_seconds": row["run_seconds"]}
     for row in read_jsonl(out_dir(setting) / "baselines.jsonl"):
         table.setdefault(str(row["num_agents"]), {})[row["policy"]] = {
             "final_ratio": row["ratio_to_reference"], "mean_response_time": row["mean_response_time"],
@@ -176,8 +154,6 @@ if __name__ == "__main__":
     if not args.plot:
         out_dir(args.setting).mkdir(parents=True, exist_ok=True)
         run_baselines(args.setting, sizes, args.seeds, args.episodes)
-        # one chunk of all seeds per (algo, N): they fit at every N, and no memory probe is compiled
-        sweep.run_sweep(spec, out_dir(args.setting) / "sweep", chunk_seeds=args.seeds,
-                        on_progress=lambda e: print(json.dumps(e), flush=True) if e["event"] != "planned" else None)
+        run_sweep(spec, out_dir(args.setting) / "sweep")
     summarise(args.setting, spec)
     plot(args.setting)

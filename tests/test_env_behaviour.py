@@ -471,6 +471,16 @@ def test_fleet_mean_is_one_and_counts_are_within_one_of_the_share():
             assert np.all(np.abs(counts - m * PER_16 / 16) < 1 + 1e-9), (m, counts)
 
 
+def test_homogeneous_fleet_has_equal_servers_of_the_catalog_total():
+    catalog = env.make_params(env.EnvConfig(num_agents=40))
+    homogeneous = env.make_params(env.EnvConfig(num_agents=40, fleet="homogeneous"))
+    np.testing.assert_array_equal(f64(homogeneous.capacity), np.ones(20))
+    assert f64(homogeneous.capacity).sum() == pytest.approx(f64(catalog.capacity).sum(), rel=1e-6)
+    assert len(set(f64(catalog.capacity).tolist())) > 1
+    with pytest.raises(ValueError, match="fleet"):
+        env.EnvConfig(fleet="uniform").validate()
+
+
 # ---------------------------------------------------------------------------------------
 # 8. Slot overflow at a real overload.
 

@@ -132,6 +132,30 @@ def test_seed_batches_give_the_same_metrics():
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5), whole, batched)
 
 
+def test_per_run_actors_equal_evaluating_each_seed_alone():
+    """evaluate_per_run gives run s the s-th actor on run s's traces: the same metrics as
+    evaluating that actor alone on that run key, and another actor's metrics differ."""
+    import jax
+
+    from dgpg_jax import train
+    from dgpg_jax.env import EnvConfig
+
+    learner = train.make_learner(train.TrainConfig(env=EnvConfig(num_agents=10, horizon=24)))
+    task, keys = learner.task, evaluate.seed_keys(3, 2)
+    initial = train.init_runner(learner, keys[0], train.default_hyper(learner.config)).params["actor"]
+    # two actors far apart (the initial ones all start at the uniform policy)
+    actors = jax.tree.map(lambda x: x + jax.random.normal(jax.random.key(x.size), (2,) + x.shape), initial)
+    policy = lambda p: train.learned_policy(task, learner.actor, p)  # noqa: E731
+    both = jax.jit(lambda a, k: evaluate.evaluate_per_run(policy, a, task, k, 1, 5))(actors, keys)
+    alone = jax.jit(lambda a, k: evaluate.evaluate(policy(a), task, k, 1, 5))
+    for s in range(2):
+        mine = alone(jax.tree.map(lambda x, s=s: x[s], actors), keys[s:s + 1])
+        np.testing.assert_array_equal(both.num_jobs[s], mine.num_jobs[0])
+        np.testing.assert_allclose(both.mean_response_time[s], mine.mean_response_time[0], rtol=1e-5)
+    swapped = alone(jax.tree.map(lambda x: x[1], actors), keys[:1])
+    assert not np.allclose(swapped.mean_response_time[0], both.mean_response_time[0], rtol=1e-5)
+
+
 def test_a_request_too_big_for_memory_is_refused_with_the_estimate(monkeypatch):
     from dgpg_jax import baselines, memory
     from dgpg_jax.env import EnvConfig

@@ -88,6 +88,20 @@ def evaluate(act: Act, task: Task, run_keys: jax.Array, num_episodes: int, first
                       seeds_per_batch)
 
 
+def evaluate_per_run(make_act: Callable, run_params, task: Task, run_keys: jax.Array, num_episodes: int,
+                     first_episode: int = 0):
+    """Metrics [S, E] where run s plays `make_act(params_s)`, params_s the s-th slice of every
+    leaf of `run_params` (leading axis S), on the episodes of run key s: each seed's own
+    trained actor on its own traces (`make_act = lambda p: train.learned_policy(task, actor,
+    p)`), at any size of its task. Equal to `evaluate` run seed by seed."""
+
+    def one_run(params, run_key):
+        metrics = evaluate(make_act(params), task, run_key[None], num_episodes, first_episode)
+        return jax.tree.map(lambda x: x[0], metrics)
+
+    return jax.vmap(one_run)(run_params, run_keys)
+
+
 def evaluate_reference(task: Task, run_keys: jax.Array, num_episodes: int, first_episode: int = 0,
                        seeds_per_batch: int | None = None):
     """The task's reference metrics [S, E] on the same episodes as `evaluate`."""

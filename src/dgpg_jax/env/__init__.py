@@ -3,7 +3,7 @@
 from dgpg_jax.env.arrivals import expected_work_rate, sample_jobs
 from dgpg_jax.env.core import reset, step
 from dgpg_jax.env.dynamics import dispatch, serve
-from dgpg_jax.env.fleet import SERVER_CATALOG, fleet_capacity
+from dgpg_jax.env.fleet import FLEETS, SERVER_CATALOG, fleet_capacity
 from dgpg_jax.env.observation import (NUM_GLOBAL_FEATURES, NUM_JOB_FEATURES, NUM_SERVER_FEATURES, day_left,
                                       job_observation, server_observation)
 from dgpg_jax.env.types import EnvConfig, EnvParams, EnvState, Jobs, make_params, service_rate
@@ -11,5 +11,5 @@ from dgpg_jax.env.types import EnvConfig, EnvParams, EnvState, Jobs, make_params
 __all__ = [
     "EnvConfig", "EnvParams", "EnvState", "Jobs", "make_params", "reset", "step", "service_rate",
     "job_observation", "server_observation", "day_left", "expected_work_rate", "sample_jobs", "dispatch", "serve",
-    "SERVER_CATALOG", "fleet_capacity", "NUM_JOB_FEATURES", "NUM_SERVER_FEATURES", "NUM_GLOBAL_FEATURES",
+    "FLEETS", "SERVER_CATALOG", "fleet_capacity", "NUM_JOB_FEATURES", "NUM_SERVER_FEATURES", "NUM_GLOBAL_FEATURES",
 ]

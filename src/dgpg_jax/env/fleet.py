@@ -1,4 +1,4 @@
-"""The server fleet: an AWS-like catalog in a fixed mix, the same at every size."""
+"""The server fleet: an AWS-like catalog in a fixed mix, the same at every size (or a homogeneous one)."""
 
 import jax.numpy as jnp
 
@@ -12,13 +12,20 @@ SERVER_CATALOG: tuple[tuple[str, int, float, int], ...] = (
     ("c5.9xlarge", 36, 1.3, 1),
 )
 
-def fleet_capacity(num_servers: int) -> jnp.ndarray:
-    """Relative capacity (vCPU x speed, mean 1) of a fleet drawn from the catalog mix.
+FLEETS = ("catalog", "homogeneous")
+"""Fleet kinds: the catalog mix (heterogeneous), or M identical servers."""
+
+
+def fleet_capacity(num_servers: int, fleet: str = "catalog") -> jnp.ndarray:
+    """Relative capacity (vCPU x speed, mean 1) of a fleet: drawn from the catalog mix, or
+    all ones for a homogeneous fleet (the same total capacity, so the same load).
 
     Server j takes the catalog type whose cumulative share holds (j + 1/2)/M, so the mix
     is exact when M is a multiple of 16 and as close as M allows otherwise (below 16
     servers some types are necessarily missing).
     """
+    if fleet == "homogeneous":
+        return jnp.ones((num_servers,), jnp.float32)
     counts = jnp.array([c[3] for c in SERVER_CATALOG], jnp.float32)
     power = jnp.array([c[1] * c[2] for c in SERVER_CATALOG], jnp.float32)
     edges = jnp.cumsum(counts) / counts.sum()

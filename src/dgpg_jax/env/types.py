@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from dgpg_jax.env.fleet import fleet_capacity
+from dgpg_jax.env.fleet import FLEETS, fleet_capacity
 from dgpg_jax.validation import check, check_choice, check_integer, check_number
 
 CANDIDATE_SAMPLING = ("capacity", "uniform")
@@ -37,6 +37,8 @@ class EnvConfig:
     """Servers each job may choose among (k); k >= M means all servers."""
     candidate_sampling: str = "capacity"
     """How candidates are drawn, with replacement: in proportion to capacity, or uniformly."""
+    fleet: str = "catalog"
+    """Server capacities: the AWS-like catalog mix, or homogeneous (all equal, same total)."""
     horizon: int = 1000
     """Steps per episode (one day); the episode ends by truncation."""
     mean_job_steps: float = 10.0
@@ -76,6 +78,7 @@ class EnvConfig:
         check_number("servers_per_agent", self.servers_per_agent, 0, low_open=True)
         check_integer("num_candidates", self.num_candidates)
         check_choice("candidate_sampling", self.candidate_sampling, CANDIDATE_SAMPLING)
+        check_choice("fleet", self.fleet, FLEETS)
         check_integer("horizon", self.horizon)
         check_number("mean_job_steps", self.mean_job_steps, 0, low_open=True)
         check_number("utilisation", self.utilisation, 0, 1.5, low_open=True)
@@ -195,7 +198,7 @@ def make_params(config: EnvConfig = EnvConfig()) -> EnvParams:
         all_candidates=config.num_candidates >= m,
         capacity_weighted=config.candidate_sampling == "capacity",
         memoryless=config.memoryless,
-        capacity=fleet_capacity(m),
+        capacity=fleet_capacity(m, config.fleet),
         mean_job_steps=f32(config.mean_job_steps),
         utilisation=f32(config.utilisation),
         diurnal_amplitude=f32(config.diurnal_amplitude),
