@@ -33,6 +33,10 @@ reproduce: $(STAMP)
 	$(BIN)/python experiments/ev_charging.py
 	$(BIN)/python experiments/scale.py --setting queueing
 	$(BIN)/python experiments/scale.py --setting paper
+	$(BIN)/python experiments/sensitivity.py
+	$(BIN)/python experiments/transfer.py
+	$(BIN)/python experiments/load.py
+	$(BIN)/python experiments/small_scale.py
 
 # A subset that still shows each claim, into results/quick/ (not committed).
 QUICK := results/quick
