@@ -40,6 +40,40 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend: every figure is a file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_json(path: Path, data) -> None:
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def experiment_parser(doc: str, out: Path, figures: Path, settings: str | None = None, seeds: int | None = None,
+                      episodes: int | None = None):
+    """The arguments every experiment script takes: --out, --figures and --plot, and where a
+    default is given --settings (a comma list of SETTINGS), --seeds and --episodes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if settings is not None:
+        parser.add_argument("--settings", default=settings)
+    if seeds is not None:
+        parser.add_argument("--seeds", type=int, default=seeds)
+    if episodes is not None:
+        parser.add_argument("--episodes", type=int, default=episodes)
+    parser.add_argument("--out", default=str(out), help=f"results directory (default {Path(out).relative_to(ROOT)})")
+    parser.add_argument("--figures", default=str(figures), help=f"figure directory (default {Path(figures).relative_to(ROOT)})")
+    parser.add_argument("--plot", action="store_true",
+                        help="only summarise and redraw from the results written so far (the same other arguments)")
+    return parser
+
+
 def save_figure(fig, directory: Path, name: str) -> None:
     """Lay out `fig`, write it as directory/name (the directory created) and close it."""
     import matplotlib.pyplot as plt

@@ -9,14 +9,13 @@ already in rows.jsonl, so a killed run resumes. `--plot` redraws docs/ev_chargin
 from the rows alone.
 """
 
-import argparse
 import json
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from common import ROOT, read_jsonl as read_rows, save_figure
+from common import ROOT, experiment_parser, pyplot, read_jsonl as read_rows, save_figure, write_json
 from dgpg_jax import evaluate, runner, train
 from dgpg_jax.ev import EVConfig
 
@@ -68,16 +67,13 @@ def summarise() -> dict:
                        "final_ratio_max": float(np.max(v["final"])), "runs": len(v["final"]),
                        **({"episodes_to_converge_mean": float(np.mean(v["converge"]))} if v["converge"] else {})}
                    for p, v in by_policy.items()} for n, by_policy in table.items()}
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(OUT / "summary.json", summary)
     print(json.dumps(summary, indent=1))
     return summary
 
 
 def plot() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summary = json.loads((OUT / "summary.json").read_text())
     sizes = sorted(summary, key=int)
@@ -95,13 +91,8 @@ def plot() -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment_parser(__doc__, OUT, FIGURES, episodes=10, seeds=4)
     parser.add_argument("--sizes", default="10,50,200,1000,1500")
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--out", default=str(OUT), help="results directory (default results/ev_charging)")
-    parser.add_argument("--figures", default=str(FIGURES), help="figure directory (default docs)")
-    parser.add_argument("--plot", action="store_true", help="only redraw the figure from the results")
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)
     if not args.plot:

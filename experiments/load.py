@@ -12,13 +12,12 @@ setting, fleet, N and utilisation each policy's final ratio to Best-Fit (95% CI 
 learners), mean and p99 response time and episodes to converge. Figure: docs/load.png.
 """
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
 
-from common import (ALGOS, ROOT, SETTINGS, append_jsonl, baseline_rows, parse_settings, read_jsonl, run_sweep,
-                    save_figure, sweep_table)
+from common import (ALGOS, ROOT, SETTINGS, append_jsonl, baseline_rows, experiment_parser, parse_settings, pyplot,
+                    read_jsonl, run_sweep, save_figure, sweep_table, write_json)
 from dgpg_jax import sweep
 
 OUT = ROOT / "results" / "load"
@@ -56,15 +55,12 @@ def summarise(settings: list[str], sizes: list[int], seeds: int, episodes: int) 
         for row in read_jsonl(OUT / setting / "baselines.jsonl"):
             table.setdefault(setting, []).append({**row, "final_ratio": row["ratio_to_reference"]})
     summary = {"episodes": episodes, "seeds": seeds, "by_setting": table}
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(OUT / "summary.json", summary)
     return summary
 
 
 def plot() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summary = json.loads((OUT / "summary.json").read_text())
     settings = list(summary["by_setting"])
@@ -90,14 +86,8 @@ def plot() -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default="queueing,paper")
+    parser = experiment_parser(__doc__, OUT, FIGURES, settings="queueing,paper", seeds=5, episodes=20)
     parser.add_argument("--sizes", default="50")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--out", default=str(OUT), help="results directory (default results/load)")
-    parser.add_argument("--figures", default=str(FIGURES), help="figure directory (default docs)")
-    parser.add_argument("--plot", action="store_true", help="only summarise and redraw from the chunks written so far")
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)
     settings, sizes = parse_settings(args.settings), [int(n) for n in args.sizes.split(",")]

@@ -17,14 +17,14 @@ docs/scale_<setting>_converge.png (episodes to converge against N) and
 docs/scale_<setting>_curves.png (learning curves per N).
 """
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from common import ALGOS, ROOT, SETTINGS, append_jsonl, baseline_rows, read_jsonl, run_sweep, save_figure, sweep_table
+from common import (ALGOS, ROOT, SETTINGS, append_jsonl, baseline_rows, experiment_parser, pyplot, read_jsonl,
+                    run_sweep, save_figure, sweep_table, write_json)
 from dgpg_jax import sweep
 from dgpg_jax.runner import FINAL_WINDOW
 
@@ -70,15 +70,12 @@ def summarise(setting: str, spec: sweep.Sweep) -> dict:
             "p99_response_time": row["p99_response_time"], "rejection_rate": row["rejection_rate"]}
     summary = {"setting": setting, "episodes": spec.episodes, "seeds": spec.seeds,
                "final_window": min(FINAL_WINDOW, spec.episodes), "by_num_agents": table}
-    (out_dir(setting) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir(setting) / "summary.json", summary)
     return summary
 
 
 def plot(setting: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import pandas as pd
 
     summary = json.loads((out_dir(setting) / "summary.json").read_text())
@@ -97,7 +94,7 @@ def plot(setting: str) -> None:
             ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
     ax.axhline(1.0, color="black", lw=1.2, label="best_fit")
     ax.set_xscale("log")
-    ax.set_ylim(0.75, 2.1)
+    ax.set_ylim(0.75, 2.1 if setting == "queueing" else 5.5)
     ax.set_xlabel("agents N")
     ax.set_ylabel(f"final mean response time / Best-Fit (last {summary['final_window']} episodes)")
     ax.set_title(f"{setting}: {summary['seeds']} seeds, {summary['episodes']} episodes, 95% CI")
@@ -131,22 +128,15 @@ def plot(setting: str) -> None:
         ax.set_xlabel("episode")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("/ Best-Fit (mean over seeds)")
-    axes[0][0].set_ylim(0.8, 2.5)
+    axes[0][0].set_ylim(0.8, 2.5 if setting == "queueing" else 6.0)
     axes[0][0].legend(fontsize=7)
     save_figure(fig, FIGURES, f"scale_{setting}_curves.png")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment_parser(__doc__, OUT, FIGURES, seeds=5, episodes=20)
     parser.add_argument("--setting", choices=tuple(SETTINGS), default="queueing")
     parser.add_argument("--sizes", default="5,10,20,50,100,200,500,1000,1500")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--out", default=str(OUT), help="results directory (default results/scale)")
-    parser.add_argument("--figures", default=str(FIGURES), help="figure directory (default docs)")
-    parser.add_argument("--plot", action="store_true",
-                        help="only summarise and redraw from the chunks written so far (same --sizes, --seeds, "
-                             "--episodes as the run)")
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)
     sizes = [int(n) for n in args.sizes.split(",")]

@@ -12,12 +12,12 @@ final ratio to Best-Fit with its 95% CI, the mean and p99 response time and the 
 to converge. Figure: docs/sensitivity.png.
 """
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
 
-from common import parse_settings, ROOT, SETTINGS, run_sweep, save_figure, sweep_table
+from common import (ROOT, SETTINGS, experiment_parser, parse_settings, pyplot, run_sweep, save_figure, sweep_table,
+                    write_json)
 from dgpg_jax import sweep
 from dgpg_jax.guidance import POTENTIALS
 
@@ -58,15 +58,12 @@ def summarise(settings: list[str], num_agents: int, seeds: int, episodes: int) -
                 table.setdefault(setting, []).append({"variant": label(setting, variant, row), **row})
     summary = {"num_agents": num_agents, "seeds": seeds, "episodes": episodes, "by_setting": table}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(OUT / "summary.json", summary)
     return summary
 
 
 def plot() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summary = json.loads((OUT / "summary.json").read_text())
     settings = list(summary["by_setting"])
@@ -88,14 +85,8 @@ def plot() -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default="queueing,paper")
+    parser = experiment_parser(__doc__, OUT, FIGURES, settings="queueing,paper", seeds=5, episodes=20)
     parser.add_argument("--num-agents", type=int, default=50)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--out", default=str(OUT), help="results directory (default results/sensitivity)")
-    parser.add_argument("--figures", default=str(FIGURES), help="figure directory (default docs)")
-    parser.add_argument("--plot", action="store_true", help="only summarise and redraw from the chunks written so far")
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)
     settings = parse_settings(args.settings)

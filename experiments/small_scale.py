@@ -12,14 +12,14 @@ ratio over episodes 18-20 (where the scale experiment stops) and the episodes to
 Figure: docs/small_scale.png (learning curves, a 10-episode moving average).
 """
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-from common import parse_settings, ALGOS, ROOT, SETTINGS, run_sweep, save_figure, sweep_table
+from common import (ALGOS, ROOT, SETTINGS, experiment_parser, parse_settings, pyplot, run_sweep, save_figure,
+                    sweep_table, write_json)
 from dgpg_jax import sweep
 
 OUT = ROOT / "results" / "small_scale"
@@ -47,15 +47,12 @@ def summarise(settings: list[str], sizes: list[int], seeds: int, episodes: int) 
             early = mine[(mine.episode > EARLY - 3) & (mine.episode <= EARLY)]["ratio_to_best_fit"].mean()
             table.setdefault(setting, []).append({**row, f"ratio_episodes_{EARLY - 2}_{EARLY}": float(early)})
     summary = {"episodes": episodes, "seeds": seeds, "by_setting": table}
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(OUT / "summary.json", summary)
     return summary
 
 
 def plot(settings: list[str], sizes: list[int]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(settings), len(sizes), figsize=(3.4 * len(sizes), 2.8 * len(settings)),
                              sharey=True, squeeze=False)
@@ -82,14 +79,8 @@ def plot(settings: list[str], sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default="queueing,paper")
+    parser = experiment_parser(__doc__, OUT, FIGURES, settings="queueing,paper", seeds=5, episodes=500)
     parser.add_argument("--sizes", default="2,5,10")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--episodes", type=int, default=500)
-    parser.add_argument("--out", default=str(OUT), help="results directory (default results/small_scale)")
-    parser.add_argument("--figures", default=str(FIGURES), help="figure directory (default docs)")
-    parser.add_argument("--plot", action="store_true", help="only summarise and redraw from the chunks written so far")
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)
     settings, sizes = parse_settings(args.settings), [int(n) for n in args.sizes.split(",")]

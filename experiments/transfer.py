@@ -16,7 +16,6 @@ per (trained at, evaluated at, seed) and summary.json the pooled ratios. Figure:
 docs/transfer.png.
 """
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -25,7 +24,8 @@ import jax
 import numpy as np
 from flax import serialization
 
-from common import ROOT, SETTINGS, append_jsonl, parse_settings, read_jsonl, save_figure
+from common import (ROOT, SETTINGS, append_jsonl, experiment_parser, parse_settings, pyplot, read_jsonl, save_figure,
+                    write_json)
 from dgpg_jax import evaluate, runner, train
 from dgpg_jax.runner import json_safe
 
@@ -102,15 +102,12 @@ def summarise(settings: list[str]) -> dict:
         table[setting] = list(pooled.values())
     summary = {"sources": list(SOURCES), "targets": list(TARGETS), "eval_episodes": EVAL_EPISODES,
                "by_setting": table}
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(OUT / "summary.json", summary)
     return summary
 
 
 def plot() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summary = json.loads((OUT / "summary.json").read_text())
     settings = list(summary["by_setting"])
@@ -137,14 +134,8 @@ def plot() -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default="queueing,paper")
+    parser = experiment_parser(__doc__, OUT, FIGURES, settings="queueing,paper", seeds=3, episodes=20)
     parser.add_argument("--targets", default=",".join(map(str, TARGETS)))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--out", default=str(OUT), help="results directory (default results/transfer)")
-    parser.add_argument("--figures", default=str(FIGURES), help="figure directory (default docs)")
-    parser.add_argument("--plot", action="store_true", help="only summarise and redraw from the rows written so far")
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)
     TARGETS = tuple(int(n) for n in args.targets.split(","))

@@ -17,7 +17,6 @@ estimator, the log-log slope of the relative variance against N with a 95% inter
 of about 1 for the shared return and about 0 for the guidance.
 """
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import ROOT, append_jsonl, read_jsonl, save_figure
+from common import ROOT, append_jsonl, experiment_parser, pyplot, read_jsonl, save_figure, write_json
 from dgpg_jax import diagnostics, runner, train
 from dgpg_jax.env import EnvConfig
 from dgpg_jax.ev import EVConfig
@@ -105,16 +104,13 @@ def summarise() -> dict:
                        "variance_slope": fit_slope(sizes, [r[f"variance_{name}"] for r in mine],
                                                    [r[f"variance_{name}_se"] for r in mine])}
                 for name in diagnostics.ESTIMATORS}
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(OUT / "summary.json", summary)
     print(json.dumps(summary, indent=1))
     return summary
 
 
 def plot() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows, summary = read_rows(), json.loads((OUT / "summary.json").read_text())
     settings = list(summary)
@@ -145,13 +141,9 @@ def plot() -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment_parser(__doc__, OUT, FIGURES, settings=",".join(SETTINGS))
     parser.add_argument("--sizes", default="5,10,20,50,100,200,500,1000,1500")
-    parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--rollouts", type=int, default=64)
-    parser.add_argument("--out", default=str(OUT), help="results directory (default results/variance)")
-    parser.add_argument("--figures", default=str(FIGURES), help="figure directory (default docs)")
-    parser.add_argument("--plot", action="store_true", help="only redraw the figure from the results")
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)
     if not args.plot:
