@@ -50,6 +50,14 @@ def pyplot():
     return plt
 
 
+def setting_panels(summary: dict, width: float, height: float):
+    """A figure of one panel per setting of summary["by_setting"]: (figure, [(axes,
+    setting, that setting's rows)])."""
+    settings = list(summary["by_setting"])
+    fig, axes = pyplot().subplots(1, len(settings), figsize=(width * len(settings), height), squeeze=False)
+    return fig, [(ax, setting, summary["by_setting"][setting]) for ax, setting in zip(axes[0], settings)]
+
+
 def write_json(path: Path, data) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 

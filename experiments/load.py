@@ -16,8 +16,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from common import (ALGOS, ROOT, SETTINGS, append_jsonl, baseline_rows, experiment_parser, parse_settings, pyplot,
-                    read_jsonl, run_sweep, save_figure, sweep_table, write_json)
+from common import (ALGOS, ROOT, SETTINGS, append_jsonl, baseline_rows, experiment_parser, parse_settings, read_jsonl,
+                    run_sweep, save_figure, setting_panels, sweep_table, write_json)
 from dgpg_jax import sweep
 
 OUT = ROOT / "results" / "load"
@@ -60,13 +60,9 @@ def summarise(settings: list[str], sizes: list[int], seeds: int, episodes: int) 
 
 
 def plot() -> None:
-    plt = pyplot()
-
     summary = json.loads((OUT / "summary.json").read_text())
-    settings = list(summary["by_setting"])
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 3.8), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        rows = summary["by_setting"][setting]
+    fig, panels = setting_panels(summary, 5.5, 3.8)
+    for ax, setting, rows in panels:
         cases = sorted({(r["fleet"], r["num_agents"], r["utilisation_target"]) for r in rows})
         policies = [p for p in ALGOS + POLICIES[1:] if any(r["policy"] == p for r in rows)]
         width = 0.8 / len(policies)

@@ -16,8 +16,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from common import (ROOT, SETTINGS, experiment_parser, parse_settings, pyplot, run_sweep, save_figure, sweep_table,
-                    write_json)
+from common import (ROOT, SETTINGS, experiment_parser, parse_settings, run_sweep, save_figure, setting_panels,
+                    sweep_table, write_json)
 from dgpg_jax import sweep
 from dgpg_jax.guidance import POTENTIALS
 
@@ -63,13 +63,9 @@ def summarise(settings: list[str], num_agents: int, seeds: int, episodes: int) -
 
 
 def plot() -> None:
-    plt = pyplot()
-
     summary = json.loads((OUT / "summary.json").read_text())
-    settings = list(summary["by_setting"])
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 3.8), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        rows = summary["by_setting"][setting]
+    fig, panels = setting_panels(summary, 5.2, 3.8)
+    for ax, setting, rows in panels:
         y = range(len(rows))
         ratio = [r["final_ratio"] for r in rows]
         err = [[r["final_ratio"] - r["final_ratio_ci95"][0] for r in rows],

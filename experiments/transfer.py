@@ -24,8 +24,8 @@ import jax
 import numpy as np
 from flax import serialization
 
-from common import (ROOT, SETTINGS, append_jsonl, experiment_parser, parse_settings, pyplot, read_jsonl, save_figure,
-                    write_json)
+from common import (ROOT, SETTINGS, append_jsonl, experiment_parser, parse_settings, read_jsonl, save_figure,
+                    setting_panels, write_json)
 from dgpg_jax import evaluate, runner, train
 from dgpg_jax.runner import json_safe
 
@@ -107,13 +107,9 @@ def summarise(settings: list[str]) -> dict:
 
 
 def plot() -> None:
-    plt = pyplot()
-
     summary = json.loads((OUT / "summary.json").read_text())
-    settings = list(summary["by_setting"])
-    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.6), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        rows = summary["by_setting"][setting]
+    fig, panels = setting_panels(summary, 5, 3.6)
+    for ax, setting, rows in panels:
         targets = sorted({r["eval_num_agents"] for r in rows})
         for i, label in enumerate([f"trained at N = {n}" for n in summary["sources"]] + ["trained at the same N"]):
             xs, ys = [], []
