@@ -73,6 +73,10 @@ def plot() -> None:
         ax.errorbar(ratio, y, xerr=err, fmt="o", capsize=3)
         ax.set_yticks(list(y), [r["variant"] for r in rows], fontsize=8)
         ax.axvline(1.0, color="black", lw=1)
+        ax.set_xscale("log")  # the misaligned potentials end several times above the rest
+        ticks = [t for t in (1, 1.2, 1.5, 2, 3, 4, 6, 8) if t <= max(r["final_ratio_ci95"][1] for r in rows) * 1.05]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.invert_yaxis()
         ax.set_xlabel("final mean response time / Best-Fit (95% CI)")
         ax.set_title(f"{setting}, N = {summary['num_agents']}, {summary['seeds']} seeds")
