@@ -114,8 +114,10 @@ def test_per_agent_gradients_equal_a_direct_grad_of_each_agents_surrogate(env, s
     for name, g in reference.items():
         assert np.abs(g).sum() > 0, name  # decisions were made
         np.testing.assert_allclose(moments[name].sq_norm_sum, (g**2).sum(axis=(1, 2)), rtol=2e-4, err_msg=name)
-        np.testing.assert_allclose(moments[name].agent_mean, g.mean(axis=1), rtol=2e-4, atol=1e-6, err_msg=name)
-        np.testing.assert_allclose(moments[name].first_agent, g[:, 0], rtol=2e-4, atol=1e-6, err_msg=name)
+        # float32 sums in another order: elements near zero are compared on the gradient's scale
+        atol = 1e-3 * np.abs(g).max()
+        np.testing.assert_allclose(moments[name].agent_mean, g.mean(axis=1), rtol=2e-4, atol=atol, err_msg=name)
+        np.testing.assert_allclose(moments[name].first_agent, g[:, 0], rtol=2e-4, atol=atol, err_msg=name)
 
 
 def test_cli_variance_json_and_bad_input(capsys):
