@@ -1,7 +1,8 @@
 """The cloud-scheduling task's figures against stored ones: tests/data/cloud_figures.json
 was written by the code before the Task interface (commit 7236774) with the settings
 below; the learner and evaluation through the Task interface must give the same numbers
-(to float32 rounding, on the same kind of CPU)."""
+(to float32 rounding: 1e-6 for the figures, 1e-4 for the policy loss, whose float32
+sums another CPU orders differently)."""
 
 import json
 from pathlib import Path
@@ -27,7 +28,9 @@ def test_training_figures_unchanged(name):
     mine = {"ratio_to_best_fit": logs.ratio_to_reference, "mean_response_time": logs.metrics.mean_response_time,
             "p99_response_time": logs.metrics.p99_response_time, "policy_loss": logs.policy_loss}
     for key, value in mine.items():
-        np.testing.assert_allclose(np.asarray(value, np.float64), STORED[name][key], rtol=1e-6, err_msg=key)
+        # the loss, a float32 mean over thousands of terms, sums in another order on another CPU
+        rtol = 1e-4 if key == "policy_loss" else 1e-6
+        np.testing.assert_allclose(np.asarray(value, np.float64), STORED[name][key], rtol=rtol, err_msg=key)
 
 
 def test_baseline_figures_unchanged():
