@@ -33,9 +33,11 @@ def make_sweep(setting: str, sizes: list[int], seeds: int, episodes: int) -> swe
 
 
 def _rows(setting: str):
+    """Every (config, seed, episode) row, from the chunk files (rows.jsonl, the same rows
+    again, is 20 MB at 500 episodes and is not committed)."""
     import pandas as pd
 
-    return pd.read_json(OUT / setting / "rows.jsonl", lines=True, precise_float=True)
+    return pd.DataFrame([row for doc in sweep.read_chunks(OUT / setting) for row in doc["rows"]])
 
 
 def summarise(settings: list[str], sizes: list[int], seeds: int, episodes: int) -> dict:
