@@ -65,15 +65,16 @@ def evaluate_target(setting: str, target: int, seeds: int, episodes: int) -> Non
     run = jax.jit(lambda params: evaluate.evaluate_per_run(policy, params, task, keys, EVAL_EPISODES, episodes))
     reference = jax.tree.map(np.asarray, jax.jit(
         lambda: evaluate.evaluate_reference(task, keys, EVAL_EPISODES, episodes))())
+    best = [jax.tree.map(lambda x, s=s: x[s], reference) for s in range(seeds)]
+    best_mean = [task.pool(b)["mean_response_time"] for b in best]
     rows = []
     for source in SOURCES + (target,):
         metrics = jax.tree.map(np.asarray, run(trained_actors(setting, source, seeds, episodes)))
         for s in range(seeds):
-            mine, best = (jax.tree.map(lambda x, s=s: x[s], m) for m in (metrics, reference))
-            pooled = task.pool(mine)
+            mine = jax.tree.map(lambda x, s=s: x[s], metrics)
             rows.append({"train_num_agents": source, "eval_num_agents": target, "seed": s,
-                         "ratio_to_best_fit": evaluate.ratio_of_means(task, mine, best), **pooled,
-                         "best_fit_mean_response_time": task.pool(best)["mean_response_time"]})
+                         "ratio_to_best_fit": evaluate.ratio_of_means(task, mine, best[s]), **task.pool(mine),
+                         "best_fit_mean_response_time": best_mean[s]})
     append_jsonl(path, json_safe(rows))
     print(f"{setting}: evaluated at N={target}", flush=True)
 
