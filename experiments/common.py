@@ -1,4 +1,4 @@
-"""What the experiment scripts share: the repository root, the two cloud settings,
+"""What the experiment scripts share: the repository root, the cloud settings,
 JSON-lines files of rows (appended one row at a time, so that a killed run keeps what it
 finished), resumable sweeps and their tables, and figures."""
 
@@ -15,6 +15,8 @@ SETTINGS = {
     # length sets only the decisions per episode, and the default 1000 costs 5x more)
     "paper": train.TrainConfig(env=EnvConfig(horizon=200, memoryless=True, mean_job_steps=0.6,
                                              candidate_sampling="uniform"), potential="split"),
+    # the queueing setting with jobs deciding in turn, each seeing the earlier jobs of its step
+    "in_turn": train.TrainConfig(env=EnvConfig(decisions="in_turn")),
 }
 ALGOS = ("dgpg", "mappo", "ippo")
 

@@ -78,7 +78,8 @@ def reference_moments(learner, actor_params, key, rollouts, baseline, same):
         obs, state = task.reset(reset_key, task.params)
         steps = []
         for t in range(horizon):
-            _, action, _, guidance = train.act_and_guide(learner, actor_params, task, state, obs, policy_keys[t], True)
+            decisions = train.act_and_guide(learner, actor_params, task, state, obs, policy_keys[t], True)
+            obs, action, guidance = decisions.obs, decisions.action, decisions.guidance_advantage
             agent = np.where(np.asarray(task.valid(state)), np.asarray(task.agent(state)), n)
             taken = np.take_along_axis(np.asarray(guidance), np.asarray(action)[:, None], axis=-1)[:, 0]
             steps.append((obs, action, agent, taken))

@@ -569,7 +569,7 @@ def test_shapes_and_dtypes(num_agents):
     ("diurnal_amplitude", 1.0), ("burst_rate", -0.1), ("burst_factor", 0.5), ("burst_duration", 0.0),
     ("large_fraction", -0.1), ("large_fraction", 1.5), ("small_sigma", -0.5), ("small_sigma", float("nan")),
     ("large_shape", 0.0), ("large_shape", float("nan")), ("large_scale", -4.0), ("large_clip", 0.5),
-    ("buffer_time", 0.0), ("rejection_penalty", -1.0), ("utilisation_average_time", 0.0),
+    ("buffer_time", 0.0), ("rejection_penalty", -1.0), ("utilisation_average_time", 0.0), ("decisions", "at_once"),
 ])
 def test_invalid_config_field_is_named(field, value):
     with pytest.raises(ValueError, match=field):

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -231,6 +232,22 @@ def test_other_arguments_into_the_same_directory_refused(full, monkeypatch):
         sweep.run_sweep(dataclasses.replace(SWEEP, base=dataclasses.replace(BASE, learning_rate=1e-3)), out,
                         chunk_seeds=CHUNK)
     assert (out / "sweep.json").read_text() == before
+
+
+def test_sweep_written_before_a_config_field_existed_resumes(full, tmp_path, monkeypatch):
+    """A sweep.json without `env.decisions` (written before it existed) meant simultaneous
+    decisions: the same sweep resumes from it, skipping every chunk; in_turn is refused."""
+    out = tmp_path / "sweep"
+    shutil.copytree(full[0], out)
+    saved = json.loads((out / "sweep.json").read_text())
+    del saved["arguments"]["config"]["env.decisions"]
+    (out / "sweep.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(sweep, "chunk_program", no_compile)
+    result = sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, bootstrap_reps=REPS)
+    assert (result["chunks_run"], result["chunks_skipped"]) == (0, 2)
+    in_turn = dataclasses.replace(BASE, env=dataclasses.replace(BASE.env, decisions="in_turn"))
+    with pytest.raises(ValueError, match="env.decisions='in_turn' differs from its 'simultaneous'"):
+        sweep.run_sweep(dataclasses.replace(SWEEP, base=in_turn), out, chunk_seeds=CHUNK)
 
 
 @pytest.mark.parametrize("grid, parameter", [

@@ -74,8 +74,9 @@ def _returns_to_go(rewards: jax.Array, gamma: float) -> jax.Array:
 
 
 def _day(learner: train.Learner, actor_params, keys, step_fn, carry):
-    """One day of the actor, `step_fn(carry, state, obs, decisions, reward) -> (carry, y)`
-    after each step (`decisions` from `train.act_and_guide`); returns (carry, ys)."""
+    """One day of the actor, `step_fn(carry, state, decisions, reward) -> (carry, y)` after
+    each step (`decisions`: `train.Decisions`, with the features each row decided on);
+    returns (carry, ys)."""
     task = learner.task
     reset_key, step_keys, policy_keys = keys
     obs, state = task.reset(reset_key, task.params)
@@ -84,9 +85,9 @@ def _day(learner: train.Learner, actor_params, keys, step_fn, carry):
         env_key, policy_key = k
         state, obs, inner = c
         decisions = train.act_and_guide(learner, actor_params, task, state, obs, policy_key, True)
-        obs_next, state_next, reward, _, _ = task.step(env_key, state, task.to_actions(state, decisions[1]),
+        obs_next, state_next, reward, _, _ = task.step(env_key, state, task.to_actions(state, decisions.action),
                                                        task.params)
-        inner, y = step_fn(inner, state, obs, decisions, reward)
+        inner, y = step_fn(inner, state, decisions, reward)
         return (state_next, obs_next, inner), y
 
     (_, _, carry), ys = jax.lax.scan(one, (state, obs, carry), (step_keys, policy_keys))
@@ -100,7 +101,7 @@ def step_baseline(learner: train.Learner, actor_params, key: jax.Array, first: i
 
     def one(index):
         keys = _rollout_keys(key, index, horizon, same_traces)
-        _, rewards = _day(learner, actor_params, keys, lambda carry, state, obs, decisions, reward: (carry, reward),
+        _, rewards = _day(learner, actor_params, keys, lambda carry, state, decisions, reward: (carry, reward),
                           None)
         return _returns_to_go(rewards, gamma)
 
@@ -121,10 +122,10 @@ def gradient_moments(learner: train.Learner, actor_params, key: jax.Array, rollo
 
     row_scores = jax.vmap(jax.grad(log_prob), in_axes=(None, 0, 0))  # (J, k, F), (J,) -> (J, P)
 
-    def step_fn(carry, state, obs, decisions, reward):
+    def step_fn(carry, state, decisions, reward):
         trace, shared, guided, t = carry
-        _, action, _, guidance_advantage = decisions
-        scores = row_scores(flat, obs, action)
+        action, guidance_advantage = decisions.action, decisions.guidance_advantage
+        scores = row_scores(flat, decisions.obs, action)
         agent = jnp.where(task.valid(state), task.agent(state), n)  # empty rows land in row N, dropped
         per_agent = lambda w: jnp.zeros((n + 1, flat.size)).at[agent].add(scores * w[:, None])[:n]  # noqa: E731
         taken = jnp.take_along_axis(guidance_advantage, action[:, None], axis=-1)[:, 0]

@@ -7,7 +7,7 @@ function of that server's own aggregates), so they can be evaluated at any gathe
 servers: that is what makes the exact leave-one-out guidance O(J k + M).
 
 Guidance of job i at candidate b: the change of G when i's job goes to b, the other
-jobs' work this step held fixed. Exact (a difference of two potential terms), or first
+jobs' work this step held fixed (with in-turn decisions: the earlier jobs' work). Exact (a difference of two potential terms), or first
 order (w_i dG/dA_b from `jax.grad` of the potential alone, so a user potential needs no
 hand-written derivative).
 """
@@ -80,7 +80,8 @@ def make_aggregates(backlog: jax.Array, arriving_work: jax.Array, service_rate: 
 
 
 def candidate_guidance(potential: Potential, agg: Aggregates, size: jax.Array, candidates: jax.Array,
-                    server: jax.Array, valid: jax.Array, exact: bool = True) -> jax.Array:
+                       server: jax.Array, valid: jax.Array, exact: bool = True,
+                       before: jax.Array | None = None) -> jax.Array:
     """(J, k) guidance g_i(b): change of G when job i goes to candidate b.
 
     Args:
@@ -89,14 +90,22 @@ def candidate_guidance(potential: Potential, agg: Aggregates, size: jax.Array, c
       size: (J,) job work; candidates: (J, k) server indices; server: (J,) chosen server;
       valid: (J,) bool. Empty slots get 0.
       exact: leave-one-out difference (True) or first order w_i dG/dA_b (False).
+      before: (J, k) work at each candidate that job i's change starts from. None: every
+        other job's work of this step (leave-one-out, for simultaneous decisions). With
+        in-turn decisions, the earlier jobs' work only: job i's guidance is then the
+        change its own job makes given what it saw, and the guidance of a step's jobs
+        sums to the step's change of G.
     """
-    if exact:
-        own = jnp.where(valid[:, None] & (candidates == server[:, None]), size[:, None], 0.0)  # (J, k) own work at b
-        at = jax.tree.map(lambda x: x[candidates], agg)
-        without = at.replace(arriving_work=at.arriving_work - own)
-        with_job = without.replace(arriving_work=without.arriving_work + size[:, None])
-        change = potential(with_job) - potential(without)
-    else:
+    if before is None and not exact:
         gradient = jax.grad(lambda a: potential(agg.replace(arriving_work=a)).sum())(agg.arriving_work)
-        change = gradient[candidates] * size[:, None]
+        return jnp.where(valid[:, None], gradient[candidates] * size[:, None], 0.0)
+    at = jax.tree.map(lambda x: x[candidates], agg)
+    if before is None:
+        own = jnp.where(valid[:, None] & (candidates == server[:, None]), size[:, None], 0.0)  # (J, k) own work at b
+        before = at.arriving_work - own
+    if exact:
+        without = at.replace(arriving_work=before)
+        change = potential(without.replace(arriving_work=before + size[:, None])) - potential(without)
+    else:  # first order at the work the job finds
+        change = jax.grad(lambda a: potential(at.replace(arriving_work=a)).sum())(before) * size[:, None]
     return jnp.where(valid[:, None], change, 0.0)

@@ -363,6 +363,17 @@ def _complete_chunks(out_dir: Path) -> dict[tuple[str, int], list[Path]]:
     return complete
 
 
+# Config fields added since format 2, with the value that a sweep.json written before them meant.
+ADDED_FIELDS = {"env.decisions": "simultaneous"}
+
+
+def _with_added_fields(old: dict, new: dict) -> dict:
+    """`old` arguments with the fields added since they were written (ADDED_FIELDS) at the
+    value they meant, where the new arguments have them."""
+    added = {k: v for k, v in ADDED_FIELDS.items() if k in new["config"] and k not in old.get("config", {})}
+    return {**old, "config": {**old.get("config", {}), **added}} if added else old
+
+
 def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> tuple[dict, bool]:
     """Create or reopen DIR; refuse other arguments. Returns sweep.json's content and
     whether this call created it."""
@@ -376,8 +387,8 @@ def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> tuple[dic
     if path.exists():
         try:
             saved = json.loads(path.read_text())
-            old = saved["arguments"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            old = _with_added_fields(saved["arguments"], arguments)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise ValueError(f"out={str(out_dir)!r} holds a sweep.json not written by `dgpg sweep`: "
                              "allowed another directory") from None
         if old != arguments:

@@ -221,10 +221,39 @@ def _critic_values(learner: Learner, params: dict, norm: ppo.RunningNorm, obs, e
     return value, job_value
 
 
+class Decisions(NamedTuple):
+    """One step's decisions by the actor."""
+
+    obs: jax.Array  # (J, k, F) the features each row decided on (in-turn: after the rows before it)
+    logits: jax.Array  # (J, k)
+    action: jax.Array  # (J,) int32 candidate index
+    log_prob: jax.Array  # (J,)
+    guidance_advantage: jax.Array  # (J, k) centred with the policy; zeros without guidance
+
+
 def _sample(actor: Actor, actor_params, obs: jax.Array, key: jax.Array):
     """Sample a candidate per row: (logits (J, k), candidate index (J,))."""
     logits = actor.apply(actor_params, obs)
     return logits, policy_distribution(logits).sample(seed=key).astype(jnp.int32)
+
+
+def decide(task: Task, actor: Actor, actor_params, state, params, key: jax.Array, deterministic: bool = False):
+    """The actor's choice for every row of a step: (obs (J, k, F), candidate index (J,)).
+    Rows decide at once on `task.observe`, or in turn through `task.decide_in_turn` (one
+    key per row). Sampled, or the most likely candidate (`deterministic`)."""
+    if task.decide_in_turn is None:
+        obs = task.observe(state, params)
+        if deterministic:
+            return obs, jnp.argmax(actor.apply(actor_params, obs), axis=-1)
+        return obs, _sample(actor, actor_params, obs, key)[1]
+
+    def choose(row_key, row_obs):
+        if deterministic:
+            return jnp.argmax(actor.apply(actor_params, row_obs), axis=-1)
+        return _sample(actor, actor_params, row_obs, row_key)[1]
+
+    rows = task.valid(state).shape[0]
+    return task.decide_in_turn(state, params, choose, jax.random.split(key, rows))
 
 
 def learned_policy(task: Task, actor: Actor, actor_params, deterministic: bool = False) -> Act:
@@ -233,20 +262,21 @@ def learned_policy(task: Task, actor: Actor, actor_params, deterministic: bool =
     task (N, M, k, T)."""
 
     def act(key, state, params):
-        obs = task.observe(state, params)
-        if deterministic:
-            return task.to_actions(state, jnp.argmax(actor.apply(actor_params, obs), axis=-1))
-        return task.to_actions(state, _sample(actor, actor_params, obs, key)[1])
+        return task.to_actions(state, decide(task, actor, actor_params, state, params, key, deterministic)[1])
 
     return act
 
 
 def act_and_guide(learner: Learner, actor_params, task: Task, env_state, obs: jax.Array, key: jax.Array,
-                  with_guidance: bool):
-    """One step's decisions: (logits (J, k), candidate index (J,), its log-probability (J,),
-    the centred guidance advantage of every candidate (J, k), zeros unless
-    `with_guidance`)."""
-    logits, action = _sample(learner.actor, actor_params, obs, key)
+                  with_guidance: bool) -> Decisions:
+    """One step's decisions, with the centred guidance advantage of every candidate (zeros
+    unless `with_guidance`). `obs` is the step's observation; rows deciding in turn
+    replace it with what each row saw."""
+    if task.decide_in_turn is None:
+        logits, action = _sample(learner.actor, actor_params, obs, key)
+    else:
+        obs, action = decide(task, learner.actor, actor_params, env_state, task.params, key)
+        logits = learner.actor.apply(actor_params, obs)
     # The barrier keeps XLA from fusing the stored log-probabilities with the guidance's
     # softmax of the same logits, which changed them by an ulp: DG-PG at alpha = 0 would
     # then drift from MAPPO instead of matching it bit for bit.
@@ -256,7 +286,7 @@ def act_and_guide(learner: Learner, actor_params, task: Task, env_state, obs: ja
         guidance_advantage = algorithms.centred_guidance(guidance_at, jax.nn.softmax(logits, axis=-1))
     else:
         guidance_advantage = jnp.zeros_like(logits)
-    return logits, action, log_prob, guidance_advantage
+    return Decisions(obs, logits, action, log_prob, guidance_advantage)
 
 
 def _rollout_step(learner: Learner, runner: RunnerState, task: Task, carry, keys):
@@ -265,15 +295,16 @@ def _rollout_step(learner: Learner, runner: RunnerState, task: Task, carry, keys
     env_key, policy_key = keys
     params = task.params
     valid = task.valid(env_state)
-    logits, action, log_prob, guidance_advantage = act_and_guide(
-        learner, runner.params["actor"], task, env_state, obs, policy_key, algorithms.uses_guidance(learner.config.algo))
+    decisions = act_and_guide(learner, runner.params["actor"], task, env_state, obs, policy_key,
+                              algorithms.uses_guidance(learner.config.algo))
+    obs, action = decisions.obs, decisions.action
     entity_features, global_features = task.critic_inputs(env_state, params)
     clock = task.clock(env_state, params)
     value, job_value = _critic_values(learner, runner.params, runner.value_norm, obs, entity_features,
                                       global_features, clock, valid)
     actions = task.to_actions(env_state, action)
     next_obs, next_state, reward, done, info = task.step(env_key, env_state, actions, params)
-    transition = Transition(obs, valid, action, log_prob, guidance_advantage, entity_features,
+    transition = Transition(obs, valid, action, decisions.log_prob, decisions.guidance_advantage, entity_features,
                             global_features, clock, value, job_value, reward, info["truncated"])
     return (next_state, next_obs), (transition, task.record(env_state, actions, reward, info))
 

@@ -35,6 +35,24 @@ def work_ahead(server: jax.Array, size: jax.Array, num_servers: int) -> jax.Arra
     return jnp.zeros_like(size).at[order].set(before - before[first])
 
 
+def earlier_work(server: jax.Array, size: jax.Array, valid: jax.Array, candidates: jax.Array) -> jax.Array:
+    """(J, k) work sent to server `candidates[i, b]` by the valid slots before i this step.
+
+    Slots are sorted by (server, slot); a query (candidates[i, b], i) finds by binary
+    search the sorted slots before it, and prefix sums of their sizes give the work of
+    that server's segment. O((J k + J) log J), no (J, M) tensor.
+    """
+    j = server.shape[0]
+    slot = jnp.arange(j)
+    key = jnp.where(valid, server, jnp.iinfo(jnp.int32).max // (j + 1)) * j + slot  # invalid slots sort last
+    order = jnp.argsort(key)
+    sorted_key = key[order]
+    prefix = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jnp.where(valid, size, 0.0)[order])])
+    before = jnp.searchsorted(sorted_key, candidates * j + slot[:, None], side="left")
+    start = jnp.searchsorted(sorted_key, candidates * j, side="left")
+    return prefix[before] - prefix[start]
+
+
 def finish_score(backlog: jax.Array, size: jax.Array, service_rate: jax.Array, beta: float = 0.0) -> jax.Array:
     """(W + (1 + beta) w) / mu, in steps: at beta = 0 the finish time of work w joining a
     server that holds W; beta < 0 is the congestion-aware score of the greedies."""

@@ -3,10 +3,12 @@
 Per job and candidate (size independent of N): log-scaled expected wait, own service
 time, finish time, finish minus the best finish among the job's candidates (all in mean
 job times), log relative capacity, recent utilisation, reference share; then the job's
-log size and the time of day. Per server, for the centralised critic: log-scaled wait,
-log capacity, recent utilisation, reference share; and global features, among them the
-fraction of the day left, which the critics need because the day ends by truncation
-(the time of day alone is periodic: its last step looks like its first).
+log size and the time of day. With in-turn decisions (`EnvConfig.decisions`) a job's
+queues include the work sent by the earlier jobs of its step (`decide_in_turn`). Per
+server, for the centralised critic: log-scaled wait, log capacity, recent utilisation,
+reference share; and global features, among them the fraction of the day left, which
+the critics need because the day ends by truncation (the time of day alone is periodic:
+its last step looks like its first).
 """
 
 import jax
@@ -38,27 +40,56 @@ def current_reference_share(state: EnvState, params: EnvParams) -> jax.Array:
     return reference_share(service_rate(params), rate)
 
 
-def job_observation(state: EnvState, params: EnvParams) -> jax.Array:
-    """(J, k, F) features of every candidate of every job of this step (zeros for empty slots)."""
+def _candidate_features(state: EnvState, params: EnvParams, share: jax.Array, size: jax.Array,
+                        candidates: jax.Array, valid: jax.Array, queued: jax.Array) -> jax.Array:
+    """(..., k, F) features of jobs of `size` (...) at `candidates` (..., k) holding `queued`
+    work (..., k); `share` (M,) is the step's reference share."""
     mu = service_rate(params)
-    jobs = state.jobs
     scale = params.mean_job_steps
-    cand_mu = mu[jobs.candidates]  # (J, k)
-    wait = state.backlog[jobs.candidates] / cand_mu / scale
-    service = jobs.size[:, None] / cand_mu / scale
+    cand_mu = mu[candidates]
+    wait = queued / cand_mu / scale
+    service = size[..., None] / cand_mu / scale
     finish = wait + service
-    regret = finish - finish.min(axis=1, keepdims=True)
-    share = current_reference_share(state, params)
-    j, k = jobs.candidates.shape
+    regret = finish - finish.min(axis=-1, keepdims=True)
     per_candidate = jnp.stack([
         jnp.log1p(wait), jnp.log1p(service), jnp.log1p(finish), jnp.log1p(regret),
-        jnp.log(params.capacity[jobs.candidates]), state.recent_utilisation[jobs.candidates],
-        share[jobs.candidates],
+        jnp.log(params.capacity[candidates]), state.recent_utilisation[candidates], share[candidates],
     ], axis=-1)
-    per_job = jnp.concatenate([jnp.log(jnp.maximum(jobs.size, 1e-6))[:, None],
-                               jnp.broadcast_to(time_features(params, state.time), (j, 2))], axis=-1)
-    obs = jnp.concatenate([per_candidate, jnp.broadcast_to(per_job[:, None, :], (j, k, 3))], axis=-1)
-    return jnp.where(jobs.valid[:, None, None], obs, 0.0)
+    per_job = jnp.concatenate([jnp.log(jnp.maximum(size, 1e-6))[..., None],
+                               jnp.broadcast_to(time_features(params, state.time), size.shape + (2,))], axis=-1)
+    obs = jnp.concatenate([per_candidate, jnp.broadcast_to(per_job[..., None, :], per_candidate.shape[:-1] + (3,))],
+                          axis=-1)
+    return jnp.where(valid[..., None, None], obs, 0.0)
+
+
+def job_observation(state: EnvState, params: EnvParams) -> jax.Array:
+    """(J, k, F) features of every candidate of every job of this step, on the step-start
+    queues (zeros for empty slots). With in-turn decisions it is what the first job sees."""
+    jobs = state.jobs
+    return _candidate_features(state, params, current_reference_share(state, params), jobs.size, jobs.candidates,
+                               jobs.valid, state.backlog[jobs.candidates])
+
+
+def decide_in_turn(state: EnvState, params: EnvParams, choose, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The step's jobs decide in agent (slot) order, a `lax.scan` over the J slots: each
+    job's features read the queues with the work of the earlier jobs of this step added,
+    then `choose(key, obs (k, F)) -> ()` int32 picks its candidate. `keys` is (J,).
+
+    Returns (obs (J, k, F), candidate index (J,) int32). The loads are accumulated in the
+    same order as `baselines.sequential_greedy_policy`, so a `choose` scoring the
+    greedy's criterion from the features reproduces it.
+    """
+    jobs = state.jobs
+    share = current_reference_share(state, params)
+
+    def row(load, x):
+        size, candidates, valid, key = x
+        obs = _candidate_features(state, params, share, size, candidates, valid, load[candidates])
+        choice = jnp.asarray(choose(key, obs), jnp.int32)
+        return load.at[candidates[choice]].add(jnp.where(valid, size, 0.0)), (obs, choice)
+
+    _, (obs, choice) = jax.lax.scan(row, state.backlog, (jobs.size, jobs.candidates, jobs.valid, keys))
+    return obs, choice
 
 
 def server_observation(state: EnvState, params: EnvParams) -> tuple[jax.Array, jax.Array]:

@@ -18,6 +18,7 @@ from dgpg_jax.env.fleet import FLEETS, fleet_capacity
 from dgpg_jax.validation import check, check_choice, check_integer, check_number
 
 CANDIDATE_SAMPLING = ("capacity", "uniform")
+DECISIONS = ("simultaneous", "in_turn")
 # Largest response time, in mean job times, that the response-time histogram resolves
 # (evaluate.HISTOGRAM_TOP); buffer_time and rejection_penalty bound every response time.
 MAX_RESPONSE_TIME = 1e4
@@ -71,6 +72,10 @@ class EnvConfig:
     """Time constant of the recent-utilisation feature, in mean job times."""
     memoryless: bool = False
     """Drop all backlog after every step (only the same-step split matters)."""
+    decisions: str = "simultaneous"
+    """How a step's jobs are decided: simultaneous (every job on the step-start queues)
+    or in_turn (in agent order, each job seeing the work the earlier jobs of its step
+    sent, as a dispatcher that receives jobs one by one). The dynamics are the same."""
 
     def validate(self) -> "EnvConfig":
         """Raise ValueError naming the first invalid field, its value and the allowed range."""
@@ -99,6 +104,7 @@ class EnvConfig:
         check_number("rejection_penalty", self.rejection_penalty, 0, MAX_RESPONSE_TIME)
         check_number("utilisation_average_time", self.utilisation_average_time, 0, low_open=True)
         check("memoryless", self.memoryless, isinstance(self.memoryless, bool), "True or False")
+        check_choice("decisions", self.decisions, DECISIONS)
         peak = self.peak_arrival_probability
         if peak > 1:
             raise ValueError(
@@ -147,6 +153,7 @@ class EnvParams:
     all_candidates: bool = struct.field(pytree_node=False)  # every job sees all M servers
     capacity_weighted: bool = struct.field(pytree_node=False)
     memoryless: bool = struct.field(pytree_node=False)
+    in_turn: bool = struct.field(pytree_node=False)  # jobs decide in agent order (EnvConfig.decisions)
     capacity: jax.Array  # (M,) float32, vCPU x speed relative to the fleet mean (mean 1)
     mean_job_steps: jax.Array  # () float32
     utilisation: jax.Array  # () float32
@@ -198,6 +205,7 @@ def make_params(config: EnvConfig = EnvConfig()) -> EnvParams:
         all_candidates=config.num_candidates >= m,
         capacity_weighted=config.candidate_sampling == "capacity",
         memoryless=config.memoryless,
+        in_turn=config.decisions == "in_turn",
         capacity=fleet_capacity(m, config.fleet),
         mean_job_steps=f32(config.mean_job_steps),
         utilisation=f32(config.utilisation),
