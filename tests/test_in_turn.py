@@ -1,5 +1,6 @@
 """In-turn decisions (`EnvConfig(decisions="in_turn")`): the jobs of a step decide in agent
-order, each seeing the work the earlier jobs of its step sent.
+order, each seeing the work the earlier jobs of its step sent; and tentative ones
+(`"tentative"`): each job picks twice, the second time seeing the others' first picks.
 
 References: a plain-Python loop over the slots that rebuilds each job's features after
 the earlier jobs (numpy, float64), `baselines.sequential_greedy_policy` (the in-turn
@@ -81,7 +82,7 @@ def greedy_choose(beta: float):
 def test_each_job_sees_the_work_of_the_earlier_jobs_of_its_step():
     task = IN_TURN.make_task()
     params = task.params
-    decide = jax.jit(lambda s, k: task.decide_in_turn(s, params, random_choose, jax.random.split(k, params.num_slots)))
+    decide = jax.jit(lambda s, k: task.decide(s, params, random_choose, jax.random.split(k, params.num_slots)))
     seen_more = 0
     for t, state in enumerate(busy_states(IN_TURN, 40)[-6:]):
         obs, choice = decide(state, jax.random.key(t))
@@ -95,13 +96,43 @@ def test_each_job_sees_the_work_of_the_earlier_jobs_of_its_step():
     assert seen_more > 0  # later jobs saw more work than the step-start queues: the check has power
 
 
+def test_tentative_jobs_see_the_other_jobs_first_picks():
+    """decisions="tentative" with a deterministic "actor" (earliest finish among the
+    candidates): the first picks are JSQ-k's; each job's second features are those of a
+    Python loop with every other job's first pick added to the queues, and its decision
+    is the earliest finish on them."""
+    config = dataclasses.replace(IN_TURN, decisions="tentative")
+    task = config.make_task()
+    params = task.params
+    decide = jax.jit(lambda s: task.decide(s, params, greedy_choose(0.0), jax.random.split(jax.random.key(0),
+                                                                                          params.num_slots)))
+    jsq = jax.jit(lambda s: baselines.BASELINES["jsq"](None, s, params))
+    moved = 0
+    for state in busy_states(config, 40)[-6:]:
+        obs, choice = decide(state)
+        first = np.asarray(jsq(state))
+        size, cand, valid = (np.asarray(x) for x in (state.jobs.size, state.jobs.candidates, state.jobs.valid))
+        backlog = np.asarray(state.backlog, np.float64)
+        for i in np.flatnonzero(valid):
+            others = backlog.copy()
+            for q in np.flatnonzero(valid):
+                if q != i:
+                    others[first[q]] += size[q]
+            single = state.replace(backlog=jnp.asarray(others, jnp.float32))
+            expected = np.asarray(task.observe(single, params))[i]
+            np.testing.assert_allclose(np.asarray(obs)[i], expected, rtol=2e-5, atol=2e-6)
+            assert int(choice[i]) == int(np.argmin(np.expm1(expected[:, 0]) + np.expm1(expected[:, 1])))
+            moved += int(cand[i, int(choice[i])] != first[i])
+    assert moved > 0  # some job changed its mind: the check has power
+
+
 @pytest.mark.parametrize("name, beta", [("greedy_k", -0.5), ("bestfit_k", 0.0)])
 def test_the_in_turn_greedy_as_a_fixed_actor_reproduces_it_exactly(name, beta):
     """An "actor" that scores the greedy's criterion from the features picks, through
     `decide_in_turn`, the same server as `baselines.<name>` for every job of 150 steps."""
     task = IN_TURN.make_task()
     params = task.params
-    decide = jax.jit(lambda s: task.to_actions(s, task.decide_in_turn(
+    decide = jax.jit(lambda s: task.to_actions(s, task.decide(
         s, params, greedy_choose(beta), jax.random.split(jax.random.key(0), params.num_slots))[1]))
     greedy = jax.jit(lambda s: baselines.BASELINES[name](None, s, params))
     simultaneous = jax.jit(lambda s: baselines.pick_candidate(s.jobs.candidates, jax.vmap(greedy_choose(beta))(
@@ -139,7 +170,7 @@ def test_in_turn_guidance_sums_to_the_change_of_the_potential(name):
     task = IN_TURN.make_task()
     params, potential = task.params, POTENTIALS[name]
     guide = jax.jit(lambda s, c: task.guidance(potential, s, c, params, True))
-    decide = jax.jit(lambda s: task.decide_in_turn(s, params, greedy_choose(-0.5),
+    decide = jax.jit(lambda s: task.decide(s, params, greedy_choose(-0.5),
                                                     jax.random.split(jax.random.key(0), params.num_slots))[1])
     mu = env.service_rate(params)
     for state in busy_states(IN_TURN, 60)[-4:]:

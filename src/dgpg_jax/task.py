@@ -10,9 +10,9 @@ features. A Task supplies, as pure jittable functions:
   (obs, state, reward, done, info)`, Gymnax-style with auto-reset at the day's end;
   `obs` is the (J, k, F) candidate features of the rows deciding at `state`, and
   `observe(state, params)` recomputes it (what a policy of a state reads);
-- optionally `decide_in_turn(state, params, choose, keys) -> (obs, choice)`, for a system
-  whose rows decide one after another, each seeing the choices before it (the cloud
-  task with `decisions="in_turn"`); None when rows decide at once;
+- optionally `decide(state, params, choose, keys) -> (obs, choice)`, for a system whose
+  rows see other rows' choices of the step before they decide (the cloud task with
+  `decisions="in_turn"` or `"tentative"`); None when rows decide at once;
 - `valid(state) -> (J,) bool`, the rows holding a decision, `agent(state) -> (J,)
   int32`, the agent deciding in each row (N for an empty row; the variance diagnostics
   sum each agent's decisions), and `to_actions(state, choice) -> actions`, the step's
@@ -83,11 +83,12 @@ class Task:
     exact_user_potentials: bool = True
     """Whether `guidance` computes the exact leave-one-out change for a user callable
     (otherwise a user potential needs first-order guidance)."""
-    decide_in_turn: Callable | None = None
+    decide: Callable | None = None
     """None: the rows of a step decide at once, each on `observe(state, params)`. Rows that
-    decide in turn: `decide_in_turn(state, params, choose, keys) -> (obs (J, k, F), choice
-    (J,))`, a `lax.scan` over the rows in which row i's features include the choices of
-    rows before it and `choose(key, obs (k, F)) -> ()` picks its candidate (keys (J,))."""
+    see other rows' choices first: `decide(state, params, choose, keys) -> (obs (J, k, F),
+    choice (J,))`, where `choose(key, obs (k, F)) -> ()` picks a row's candidate from the
+    features it sees (keys (J,)); in turn, a `lax.scan` over the rows, row i seeing the
+    choices of the rows before it."""
 
     def apply_load(self, params, value: jax.Array):
         """`params` with the traced load set to `value` (unchanged for a task without one)."""

@@ -239,9 +239,9 @@ def _sample(actor: Actor, actor_params, obs: jax.Array, key: jax.Array):
 
 def decide(task: Task, actor: Actor, actor_params, state, params, key: jax.Array, deterministic: bool = False):
     """The actor's choice for every row of a step: (obs (J, k, F), candidate index (J,)).
-    Rows decide at once on `task.observe`, or in turn through `task.decide_in_turn` (one
-    key per row). Sampled, or the most likely candidate (`deterministic`)."""
-    if task.decide_in_turn is None:
+    Rows decide at once on `task.observe`, or after seeing other rows' choices through
+    `task.decide` (in turn, or tentative; one key per row). Sampled, or the most likely candidate (`deterministic`)."""
+    if task.decide is None:
         obs = task.observe(state, params)
         if deterministic:
             return obs, jnp.argmax(actor.apply(actor_params, obs), axis=-1)
@@ -253,7 +253,7 @@ def decide(task: Task, actor: Actor, actor_params, state, params, key: jax.Array
         return _sample(actor, actor_params, row_obs, row_key)[1]
 
     rows = task.valid(state).shape[0]
-    return task.decide_in_turn(state, params, choose, jax.random.split(key, rows))
+    return task.decide(state, params, choose, jax.random.split(key, rows))
 
 
 def learned_policy(task: Task, actor: Actor, actor_params, deterministic: bool = False) -> Act:
@@ -270,9 +270,9 @@ def learned_policy(task: Task, actor: Actor, actor_params, deterministic: bool =
 def act_and_guide(learner: Learner, actor_params, task: Task, env_state, obs: jax.Array, key: jax.Array,
                   with_guidance: bool) -> Decisions:
     """One step's decisions, with the centred guidance advantage of every candidate (zeros
-    unless `with_guidance`). `obs` is the step's observation; rows deciding in turn
-    replace it with what each row saw."""
-    if task.decide_in_turn is None:
+    unless `with_guidance`). `obs` is the step's observation; rows that see other rows'
+    choices (`task.decide`) replace it with what each row saw."""
+    if task.decide is None:
         logits, action = _sample(learner.actor, actor_params, obs, key)
     else:
         obs, action = decide(task, learner.actor, actor_params, env_state, task.params, key)

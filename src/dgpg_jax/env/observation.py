@@ -4,11 +4,12 @@ Per job and candidate (size independent of N): log-scaled expected wait, own ser
 time, finish time, finish minus the best finish among the job's candidates (all in mean
 job times), log relative capacity, recent utilisation, reference share; then the job's
 log size and the time of day. With in-turn decisions (`EnvConfig.decisions`) a job's
-queues include the work sent by the earlier jobs of its step (`decide_in_turn`). Per
-server, for the centralised critic: log-scaled wait, log capacity, recent utilisation,
-reference share; and global features, among them the fraction of the day left, which
-the critics need because the day ends by truncation (the time of day alone is periodic:
-its last step looks like its first).
+queues include the work sent by the earlier jobs of its step (`decide_in_turn`); with
+tentative ones, the other jobs' first picks (`decide_tentative`). Per server, for the
+centralised critic: log-scaled wait, log capacity, recent utilisation, reference share;
+and global features, among them the fraction of the day left, which the critics need
+because the day ends by truncation (the time of day alone is periodic: its last step
+looks like its first).
 """
 
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from dgpg_jax.analytical import reference_share
 from dgpg_jax.env.arrivals import expected_work_rate
+from dgpg_jax.env.dynamics import server_totals
 from dgpg_jax.env.types import EnvParams, EnvState, service_rate
 
 NUM_JOB_FEATURES = 10
@@ -90,6 +92,28 @@ def decide_in_turn(state: EnvState, params: EnvParams, choose, keys: jax.Array) 
 
     _, (obs, choice) = jax.lax.scan(row, state.backlog, (jobs.size, jobs.candidates, jobs.valid, keys))
     return obs, choice
+
+
+def decide_tentative(state: EnvState, params: EnvParams, choose, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One round of tentative choices, then the commitment: every job picks a candidate on
+    the step-start queues (`choose(key, obs (k, F))`, vmapped over jobs), then again on
+    the queues with the other jobs' first picks added; the second pick is the decision.
+    `keys` is (J,). Returns (obs (J, k, F) of the second pick, candidate index (J,))."""
+    jobs = state.jobs
+    share = current_reference_share(state, params)
+    first_keys, second_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+    obs = _candidate_features(state, params, share, jobs.size, jobs.candidates, jobs.valid,
+                              state.backlog[jobs.candidates])
+    first = jnp.take_along_axis(jobs.candidates, jax.vmap(choose)(first_keys, obs)[:, None], axis=1)[:, 0]
+    own = jnp.where(jobs.valid[:, None] & (jobs.candidates == first[:, None]), jobs.size[:, None], 0.0)
+    others = server_totals(first, jobs.size, jobs.valid, params.num_servers)[jobs.candidates] - own
+    obs = _candidate_features(state, params, share, jobs.size, jobs.candidates, jobs.valid,
+                              state.backlog[jobs.candidates] + others)
+    return obs, jnp.asarray(jax.vmap(choose)(second_keys, obs), jnp.int32)
+
+
+DECIDE = {"in_turn": decide_in_turn, "tentative": decide_tentative}
+"""`Task.decide` of each `EnvConfig.decisions` that is not simultaneous."""
 
 
 def server_observation(state: EnvState, params: EnvParams) -> tuple[jax.Array, jax.Array]:

@@ -8,7 +8,7 @@ from dgpg_jax.env.arrivals import expected_work_rate
 from dgpg_jax.env.core import reset, step
 from dgpg_jax.env.dynamics import earlier_work, server_totals
 from dgpg_jax.env.metrics import make_record, pool, summarise
-from dgpg_jax.env.observation import day_left, decide_in_turn, job_observation, server_observation
+from dgpg_jax.env.observation import DECIDE, day_left, job_observation, server_observation
 from dgpg_jax.env.types import EnvConfig, EnvParams, EnvState, make_params, service_rate
 from dgpg_jax.evaluate import scan_episode
 from dgpg_jax.task import Task
@@ -22,14 +22,14 @@ def to_servers(state: EnvState, choice: jax.Array) -> jax.Array:
 def step_guidance(potential: guidance.Potential, state: EnvState, choice: jax.Array, params: EnvParams,
                   exact: bool = True) -> jax.Array:
     """(J, k) guidance of every job at every candidate, the step's jobs sent to `choice`:
-    leave-one-out for simultaneous decisions, from the earlier jobs' work in turn."""
+    leave-one-out (simultaneous and tentative decisions), from the earlier jobs' work in turn."""
     jobs = state.jobs
     server = to_servers(state, choice)
     mu = service_rate(params)
     agg = guidance.make_aggregates(state.backlog, server_totals(server, jobs.size, jobs.valid, params.num_servers), mu,
                                    expected_work_rate(params, state.time, state.burst_steps_left > 0))
     before = None
-    if params.in_turn:  # a job's change starts from the queues it saw: the earlier jobs' work
+    if params.decisions == "in_turn":  # a job's change starts from the queues it saw: the earlier jobs' work
         before = earlier_work(server, jobs.size, jobs.valid, jobs.candidates)
     return guidance.candidate_guidance(potential, agg, jobs.size, jobs.candidates, server, jobs.valid, exact=exact,
                                        before=before)
@@ -54,4 +54,4 @@ def make_task(config: EnvConfig) -> Task:
         potentials=guidance.POTENTIALS, record=_record, summarise=summarise, pool=pool,
         reference=best_fit_metrics, reference_name="best_fit", cost_key="mean_response_time",
         baselines=baselines.BASELINES, traced_load="utilisation",
-        decide_in_turn=decide_in_turn if config.decisions == "in_turn" else None)
+        decide=DECIDE.get(config.decisions))

@@ -18,7 +18,7 @@ from dgpg_jax.env.fleet import FLEETS, fleet_capacity
 from dgpg_jax.validation import check, check_choice, check_integer, check_number
 
 CANDIDATE_SAMPLING = ("capacity", "uniform")
-DECISIONS = ("simultaneous", "in_turn")
+DECISIONS = ("simultaneous", "in_turn", "tentative")
 # Largest response time, in mean job times, that the response-time histogram resolves
 # (evaluate.HISTOGRAM_TOP); buffer_time and rejection_penalty bound every response time.
 MAX_RESPONSE_TIME = 1e4
@@ -73,9 +73,11 @@ class EnvConfig:
     memoryless: bool = False
     """Drop all backlog after every step (only the same-step split matters)."""
     decisions: str = "simultaneous"
-    """How a step's jobs are decided: simultaneous (every job on the step-start queues)
-    or in_turn (in agent order, each job seeing the work the earlier jobs of its step
-    sent, as a dispatcher that receives jobs one by one). The dynamics are the same."""
+    """How a step's jobs are decided: simultaneous (every job on the step-start queues),
+    in_turn (in agent order, each job seeing the work the earlier jobs of its step sent,
+    as a dispatcher that receives jobs one by one) or tentative (every job picks once on
+    the step-start queues, then again seeing the others' first picks; the second counts).
+    The dynamics are the same."""
 
     def validate(self) -> "EnvConfig":
         """Raise ValueError naming the first invalid field, its value and the allowed range."""
@@ -153,7 +155,7 @@ class EnvParams:
     all_candidates: bool = struct.field(pytree_node=False)  # every job sees all M servers
     capacity_weighted: bool = struct.field(pytree_node=False)
     memoryless: bool = struct.field(pytree_node=False)
-    in_turn: bool = struct.field(pytree_node=False)  # jobs decide in agent order (EnvConfig.decisions)
+    decisions: str = struct.field(pytree_node=False)  # EnvConfig.decisions
     capacity: jax.Array  # (M,) float32, vCPU x speed relative to the fleet mean (mean 1)
     mean_job_steps: jax.Array  # () float32
     utilisation: jax.Array  # () float32
@@ -205,7 +207,7 @@ def make_params(config: EnvConfig = EnvConfig()) -> EnvParams:
         all_candidates=config.num_candidates >= m,
         capacity_weighted=config.candidate_sampling == "capacity",
         memoryless=config.memoryless,
-        in_turn=config.decisions == "in_turn",
+        decisions=config.decisions,
         capacity=fleet_capacity(m, config.fleet),
         mean_job_steps=f32(config.mean_job_steps),
         utilisation=f32(config.utilisation),
