@@ -13,7 +13,8 @@ capacity x k in {2, 4, 8, 16, all}. In every cell the baselines run on the trace
 final 3 episodes of seeds 0..S-1 of an E-episode run: jsq (JSQ-k, at once), bestfit_k (in
 turn among k), greedy_k_simultaneous (at once), greedy_k (in turn among k), greedy (in
 turn, all servers) and best_fit (the reference: in turn, all servers). DG-PG is trained
-at k = 8 in every (mean_job_steps, sampling), deciding at once and in turn.
+at k = 8 on capacity-weighted candidates at every mean_job_steps, deciding at once (the
+`area` potential) and in turn (`light_congestion`), each mode with its default potential.
 
 results/gap/baselines.jsonl holds one row per cell and policy, results/gap/dgpg/<cell>/
 one resumable sweep per DG-PG cell and mode; summary.json the ratios of the mean and the
@@ -37,6 +38,7 @@ DAY_JOB_TIMES = 120
 POLICIES = ("jsq", "bestfit_k", "greedy_k_simultaneous", "greedy_k", "greedy", "best_fit")
 DECISIONS = ("simultaneous", "in_turn")
 LEARNED_K = 8
+LEARNED_SAMPLING = ("capacity",)  # DG-PG is trained on the default candidates only (time)
 
 
 def env_config(n: int, mean_job_steps: float, sampling: str, k: int, decisions: str = "simultaneous"):
@@ -50,7 +52,7 @@ def cell_name(mean_job_steps: float, sampling: str, decisions: str) -> str:
 
 
 def make_sweep(n: int, mean_job_steps: float, sampling: str, decisions: str, seeds: int, episodes: int):
-    base = dataclasses.replace(SETTINGS["queueing"], num_episodes=episodes,
+    base = dataclasses.replace(SETTINGS["queueing"], num_episodes=episodes,  # potential None: the mode's default
                                env=env_config(n, mean_job_steps, sampling, LEARNED_K, decisions))
     return sweep.Sweep(base, algos=("dgpg",), num_agents=(n,), seeds=seeds)
 
@@ -68,7 +70,7 @@ def run(n: int, seeds: int, episodes: int) -> None:
                 append_jsonl(path, [{"mean_job_steps": steps, "sampling": sampling, "k": k, **r} for r in rows])
                 print(f"baselines steps={steps:g} {sampling} k={k or 'all'} done", flush=True)
     for steps in MEAN_JOB_STEPS:
-        for sampling in SAMPLING:
+        for sampling in LEARNED_SAMPLING:
             for decisions in DECISIONS:
                 run_sweep(make_sweep(n, steps, sampling, decisions, seeds, episodes),
                           OUT / "dgpg" / cell_name(steps, sampling, decisions))
@@ -84,7 +86,7 @@ def summarise(n: int, seeds: int, episodes: int) -> dict:
                      "k": r["k"], "ratio": r["ratio_to_reference"],
                      "p99_ratio": r["p99_response_time"] / ref["p99_response_time"]})
     for steps in MEAN_JOB_STEPS:
-        for sampling in SAMPLING:
+        for sampling in LEARNED_SAMPLING:
             ref = reference.get((steps, sampling, LEARNED_K))
             for decisions in DECISIONS:
                 spec = make_sweep(n, steps, sampling, decisions, seeds, episodes)

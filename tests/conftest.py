@@ -36,6 +36,12 @@ settings.register_profile("thorough", max_examples=100, deadline=None, print_blo
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
+def at_once(**fields) -> env.EnvConfig:
+    """An EnvConfig whose jobs decide simultaneously (the tests of that mode and of the
+    learner's machinery, written and stored before in-turn decisions became the default)."""
+    return env.EnvConfig(decisions="simultaneous", **fields)
+
+
 TINY_CONFIG = env.EnvConfig(num_agents=2, servers_per_agent=1.5, num_candidates=3, mean_job_steps=2.0,
                             buffer_time=2.0, rejection_penalty=5.0)
 TINY_CAPACITY = (0.5, 1.0, 1.5)

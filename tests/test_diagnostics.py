@@ -13,6 +13,7 @@ from dgpg_jax import cli, diagnostics, evaluate, train
 from dgpg_jax.env import EnvConfig
 from dgpg_jax.ev import EVConfig
 from dgpg_jax.networks import policy_distribution
+from conftest import at_once
 
 PI = 0.3  # the bandit's probability of action 1
 V = PI * (1 - PI)  # E (a - pi)^2
@@ -101,8 +102,10 @@ def reference_moments(learner, actor_params, key, rollouts, baseline, same):
     return {name: np.stack(g) for name, g in out.items()}  # (R, N, P)
 
 
-@pytest.mark.parametrize("env, same", [(EnvConfig(num_agents=4, num_candidates=2, horizon=4, mean_job_steps=0.6), True),
-                                       (EVConfig(num_agents=4, horizon=4, decision_slots=2), False)])
+@pytest.mark.parametrize("env, same", [
+    (at_once(num_agents=4, num_candidates=2, horizon=4, mean_job_steps=0.6), True),
+    (EnvConfig(decisions="in_turn", num_agents=4, num_candidates=2, horizon=4, mean_job_steps=0.6), True),
+    (EVConfig(num_agents=4, horizon=4, decision_slots=2), False)])
 def test_per_agent_gradients_equal_a_direct_grad_of_each_agents_surrogate(env, same):
     config = train.TrainConfig(env=env, updates_per_episode=1)
     learner = train.make_learner(config)

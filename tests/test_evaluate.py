@@ -14,6 +14,7 @@ from dgpg_jax import evaluate
 from dgpg_jax.env import metrics as cloud_metrics
 from dgpg_jax.env.metrics import (BINS_PER_DECADE, NUM_BINS, EpisodeMetrics, StepRecord, histogram_percentiles,
                                   pool, response_time_histogram, summarise)
+from conftest import at_once
 
 CLOUD = type("Cloud", (), {"pool": staticmethod(pool), "cost_key": "mean_response_time"})()
 BIN = 10 ** (1 / BINS_PER_DECADE)  # one bin's width as a factor: the percentiles' resolution
@@ -121,9 +122,8 @@ def test_seed_batches_give_the_same_metrics():
     import jax
 
     from dgpg_jax import baselines
-    from dgpg_jax.env import EnvConfig
 
-    task = EnvConfig(num_agents=5, horizon=20).make_task()
+    task = at_once(num_agents=5, horizon=20).make_task()
     keys = evaluate.seed_keys(0, 4)
     run = jax.jit(lambda k, b: evaluate.evaluate(baselines.BASELINES["jsq"], task, k, 2, seeds_per_batch=b),
                   static_argnums=1)
@@ -138,9 +138,8 @@ def test_per_run_actors_equal_evaluating_each_seed_alone():
     import jax
 
     from dgpg_jax import train
-    from dgpg_jax.env import EnvConfig
 
-    learner = train.make_learner(train.TrainConfig(env=EnvConfig(num_agents=10, horizon=24)))
+    learner = train.make_learner(train.TrainConfig(env=at_once(num_agents=10, horizon=24)))
     task, keys = learner.task, evaluate.seed_keys(3, 2)
     initial = train.init_runner(learner, keys[0], train.default_hyper(learner.config)).params["actor"]
     # two actors far apart (the initial ones all start at the uniform policy)
@@ -158,9 +157,8 @@ def test_per_run_actors_equal_evaluating_each_seed_alone():
 
 def test_a_request_too_big_for_memory_is_refused_with_the_estimate(monkeypatch):
     from dgpg_jax import baselines, memory
-    from dgpg_jax.env import EnvConfig
 
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: 1000)
-    task = EnvConfig(num_agents=5, horizon=20).make_task()
+    task = at_once(num_agents=5, horizon=20).make_task()
     with pytest.raises(ValueError, match=r"needs about .* GiB of memory and 0.0 GiB is available"):
         evaluate.evaluate_policies([("jsq", baselines.BASELINES["jsq"])], task, evaluate.seed_keys(0, 2), 1)

@@ -34,6 +34,7 @@ from dgpg_jax.env.dynamics import server_totals
 from dgpg_jax.guidance import POTENTIALS, Aggregates, make_aggregates, make_congestion_potential
 from dgpg_jax.guidance import candidate_guidance as eager_guidance
 from dgpg_jax.networks import Actor
+from conftest import at_once
 
 # Jitted once per shape: op-by-op eager dispatch compiles every primitive and dominated
 # this file's runtime. The potential is a static (hashable) argument.
@@ -340,7 +341,7 @@ def actor_case():
     state of that env with random backlog, 8 of its 9 slots holding jobs and random
     candidates drawn with replacement (duplicates, as in the env), so that server and
     candidate index differ."""
-    env_params = env.make_params(env.EnvConfig(num_agents=10))
+    env_params = env.make_params(at_once(num_agents=10))
     obs, state = jax.jit(env.reset)(jax.random.key(0), env_params)  # jitted: eager dispatch is slower
     actor = Actor((8,))
     actor_params = jax.tree_util.tree_map_with_path(
@@ -373,7 +374,7 @@ def test_sample_draws_candidates_with_softmax_probabilities():
     sample = jax.jit(jax.vmap(lambda p, o, key: train._sample(actor, p, o, key), in_axes=(None, None, 0)))
     out_logits, action = (np.asarray(x) for x in sample(actor_params, obs,
                                                          jax.random.split(jax.random.key(2), NUM_DRAWS)))
-    task = env.EnvConfig(num_agents=10).make_task()
+    task = at_once(num_agents=10).make_task()
     server = np.asarray(jax.vmap(lambda a: task.to_actions(state, a))(jnp.asarray(action)))
     num_jobs, k = logits.shape
     assert action.shape == server.shape == (NUM_DRAWS, num_jobs)
@@ -394,7 +395,7 @@ def test_learned_policy_samples_servers_and_deterministic_picks_the_argmax():
     actor, actor_params, state, env_params, _, logits, probs = actor_case()
     candidates = np.asarray(state.jobs.candidates)
     num_jobs, m = logits.shape[0], env_params.num_servers
-    act = jax.jit(jax.vmap(train.learned_policy(env.EnvConfig(num_agents=10).make_task(), actor, actor_params), in_axes=(0, None, None)))
+    act = jax.jit(jax.vmap(train.learned_policy(at_once(num_agents=10).make_task(), actor, actor_params), in_axes=(0, None, None)))
     servers = np.asarray(act(jax.random.split(jax.random.key(3), NUM_DRAWS), state, env_params))
     assert servers.shape == (NUM_DRAWS, num_jobs)
     counts = np.stack([np.bincount(servers[:, i], minlength=m) for i in range(num_jobs)])
@@ -405,7 +406,7 @@ def test_learned_policy_samples_servers_and_deterministic_picks_the_argmax():
     assert stats.chisquare(counts[reachable], NUM_DRAWS * server_probs[reachable],
                            ddof=num_jobs - 1).pvalue > 1e-3
 
-    deterministic = jax.jit(jax.vmap(train.learned_policy(env.EnvConfig(num_agents=10).make_task(), actor, actor_params,
+    deterministic = jax.jit(jax.vmap(train.learned_policy(at_once(num_agents=10).make_task(), actor, actor_params,
                                                      deterministic=True),
                                      in_axes=(0, None, None)))
     chosen = np.asarray(deterministic(jax.random.split(jax.random.key(4), 3), state, env_params))
@@ -487,7 +488,7 @@ def test_zero_weight_times_normalised_is_exactly_zero(x):
 # ---------------------------------------------------------------------------------------
 
 def get_potential(potential):
-    return env.EnvConfig(num_agents=5).make_task().get_potential(potential)
+    return at_once(num_agents=5).make_task().get_potential(potential)
 
 
 def test_get_potential_by_name_and_callable():

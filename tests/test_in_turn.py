@@ -188,6 +188,17 @@ def test_in_turn_guidance_sums_to_the_change_of_the_potential(name):
             np.testing.assert_array_equal(np.asarray(choice)[valid], g.argmax(axis=1)[valid])
 
 
+def test_default_potential_follows_the_decisions():
+    """In turn (the default), the default potential is light_congestion, the measured best
+    there; deciding at once or tentatively, area. Every potential stays available by name."""
+    assert env.EnvConfig().decisions == "in_turn"
+    for decisions, first in (("in_turn", "light_congestion"), ("simultaneous", "area"), ("tentative", "area")):
+        task = env.EnvConfig(decisions=decisions).make_task()
+        assert next(iter(task.potentials)) == first and task.get_potential(None) is POTENTIALS[first]
+        assert set(task.potentials) == set(POTENTIALS)
+    assert train.make_learner(train.TrainConfig()).potential is POTENTIALS["light_congestion"]
+
+
 def test_learned_policy_in_turn_runs_the_actor_job_by_job():
     """learned_policy in turn, deterministic: every job's server is the argmax of the actor
     on the features it saw (decide's obs), which differ from the step-start ones."""

@@ -13,7 +13,7 @@ import pytest
 
 from dgpg_jax import evaluate, runner, train
 from dgpg_jax.baselines import BASELINES
-from dgpg_jax.env import EnvConfig
+from conftest import at_once
 
 STORED = json.loads((Path(__file__).parent / "data" / "cloud_figures.json").read_text())
 RUNS = {"dgpg": {}, "ippo": {"algo": "ippo"},  # MAPPO is DG-PG at alpha = 0 (tests/test_train.py)
@@ -22,7 +22,7 @@ RUNS = {"dgpg": {}, "ippo": {"algo": "ippo"},  # MAPPO is DG-PG at alpha = 0 (te
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_training_figures_unchanged(name):
-    config = train.TrainConfig(env=EnvConfig(num_agents=10, horizon=40), num_episodes=3, updates_per_episode=2,
+    config = train.TrainConfig(env=at_once(num_agents=10, horizon=40), num_episodes=3, updates_per_episode=2,
                                **RUNS[name])
     logs = runner.run_training(config, seed=1, num_seeds=2).logs
     mine = {"ratio_to_best_fit": logs.ratio_to_reference, "mean_response_time": logs.metrics.mean_response_time,
@@ -34,7 +34,7 @@ def test_training_figures_unchanged(name):
 
 
 def test_baseline_figures_unchanged():
-    task = EnvConfig(num_agents=20, horizon=40).make_task()
+    task = at_once(num_agents=20, horizon=40).make_task()
     keys = jax.vmap(train.traces_key)(evaluate.seed_keys(0, 2))
     rows = evaluate.evaluate_policies([(n, BASELINES[n]) for n in ("best_fit", "jsq", "random", "greedy")], task,
                                       keys, 2)

@@ -24,10 +24,10 @@ import pandas as pd
 import pytest
 
 from dgpg_jax import cli, runner, sweep, train
-from dgpg_jax.env import EnvConfig
 from dgpg_jax.ev import EVConfig
+from conftest import at_once
 
-BASE = train.TrainConfig(env=EnvConfig(num_agents=20, horizon=20, mean_job_steps=0.6), num_episodes=2,
+BASE = train.TrainConfig(env=at_once(num_agents=20, horizon=20, mean_job_steps=0.6), num_episodes=2,
                          updates_per_episode=2)
 SWEEP = sweep.Sweep(BASE, algos=("dgpg",), num_agents=(20,), grid={"utilisation": (0.1, 0.9)}, seeds=3, seed=5)
 CHUNK = 4  # 6 items: a chunk of 4 and one of 2 padded to 4

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from dgpg_jax import trackers
+from conftest import at_once
 
 pytest.importorskip("tensorboardX")
 from tensorboardX.proto import event_pb2  # noqa: E402
@@ -131,7 +132,6 @@ def test_tensorboard_second_call_appends_later_episodes(tmp_path):
 def test_tensorboard_with_real_log_columns(tmp_path):
     """Every scalar of a real EpisodeLog gets a tag; the histograms do not."""
     from dgpg_jax import runner, train
-    from dgpg_jax.env import EnvConfig
     from dgpg_jax.env.metrics import NUM_BINS, EpisodeMetrics
 
     def metrics(offset):
@@ -142,7 +142,7 @@ def test_tensorboard_with_real_log_columns(tmp_path):
 
     quantities = {name: np.full((1, 2), 0.5, np.float32) for name in train.EpisodeLog._fields[2:]}
     columns = runner.log_columns(train.EpisodeLog(metrics(0.0), metrics(10.0), **quantities),
-                                EnvConfig(num_agents=5).make_task())
+                                at_once(num_agents=5).make_task())
     trackers.log_episodes("tensorboard", tmp_path, columns, 4, [("seed_3", {})])
     got = read_scalars(tmp_path / "seed_3")
     names = [f.name for f in dataclasses.fields(EpisodeMetrics) if f.name != "response_time_histogram"]

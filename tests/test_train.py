@@ -32,11 +32,12 @@ import pytest
 from jax.experimental import checkify
 
 from dgpg_jax import baselines, checkpoint, evaluate, runner, train
-from dgpg_jax.env import EnvConfig, job_observation, make_params, reset, service_rate
+from dgpg_jax.env import job_observation, make_params, reset, service_rate
 from dgpg_jax.env.metrics import histogram_percentiles
 from dgpg_jax.evaluate import seed_keys
+from conftest import at_once
 
-BASE = train.TrainConfig(env=EnvConfig(num_agents=5, horizon=100), num_episodes=10, updates_per_episode=2)
+BASE = train.TrainConfig(env=at_once(num_agents=5, horizon=100), num_episodes=10, updates_per_episode=2)
 
 
 def user_potential(agg):
@@ -140,7 +141,7 @@ def test_alpha_zero_dgpg_is_mappo_bit_for_bit(program, request, mappo_5):
 # The first episode is mostly the untrained (near uniform) policy. The thresholds leave
 # about a factor 2 (N = 5) and 1.6 (N = 50) of room on the means.
 LEARNING_SEEDS = 3
-N50 = dataclasses.replace(BASE, env=EnvConfig(num_agents=50, horizon=100))
+N50 = dataclasses.replace(BASE, env=at_once(num_agents=50, horizon=100))
 
 
 def learning_curves(program: Program) -> np.ndarray:
@@ -204,7 +205,7 @@ def test_dgpg_reaches_best_fit_level_in_fewer_episodes_than_mappo(curves_50):
 # About 4 jobs per step: with few jobs (N = 5, T = 20) a minibatch can hold none; its
 # gradient is then 0 and optax's clip_by_global_norm divides by that zero norm inside a
 # select (harmless, and flagged by checkify all the same).
-CHECKED = dataclasses.replace(BASE, env=EnvConfig(num_agents=20, horizon=20, mean_job_steps=2.0), num_episodes=2)
+CHECKED = dataclasses.replace(BASE, env=at_once(num_agents=20, horizon=20, mean_job_steps=2.0), num_episodes=2)
 
 
 @pytest.mark.slow
@@ -378,10 +379,10 @@ def test_packed_rows_hand_value():
     """Expected jobs at the peak rate + 6 sigma + J, rounded up to whole minibatches, at most L x J:
     N = 200, T = 1000, 4 updates: L = 250, p_peak = 0.046875, mean = 250 x 200 x p = 2343.75,
     rows = int(2343.75 + 6 x 48.41) + 32 = 2666, a multiple of 2 already."""
-    config = train.TrainConfig(env=EnvConfig(num_agents=200))
+    config = train.TrainConfig(env=at_once(num_agents=200))
     assert config.env.num_slots == 32
     assert train.packed_rows(config) == 2666
-    busy = dataclasses.replace(BASE, env=EnvConfig(num_agents=2, servers_per_agent=1.0, mean_job_steps=1.0,
+    busy = dataclasses.replace(BASE, env=at_once(num_agents=2, servers_per_agent=1.0, mean_job_steps=1.0,
                                                    horizon=100))  # p_peak = 0.94: 94 + 6 sigma + 2 jobs > 100
     assert train.packed_rows(busy) == 50 * 2  # capped at L x J
 
@@ -389,7 +390,7 @@ def test_packed_rows_hand_value():
 def test_deterministic_learned_policy_takes_the_most_likely_candidate(dgpg_5):
     runner_state, _ = dgpg_5(jax.random.key(0))
     learner = train.make_learner(BASE)
-    params = make_params(EnvConfig(num_agents=50, horizon=100))
+    params = make_params(at_once(num_agents=50, horizon=100))
     _, state = reset(jax.random.key(2), params)
     actor_params = runner_state.params["actor"]
     chosen = train.learned_policy(learner.task, learner.actor, actor_params, deterministic=True)(jax.random.key(3), state, params)
@@ -401,7 +402,7 @@ def test_deterministic_learned_policy_takes_the_most_likely_candidate(dgpg_5):
 def test_policy_trained_at_5_agents_runs_at_50(dgpg_5, init_5):
     runner_state, _ = dgpg_5(jax.random.key(0))
     learner = train.make_learner(BASE)
-    task_50 = EnvConfig(num_agents=50, horizon=100).make_task()
+    task_50 = at_once(num_agents=50, horizon=100).make_task()
     keys = seed_keys(1, 2)
 
     @jax.jit
@@ -522,7 +523,7 @@ import json, jax, numpy as np
 from dgpg_jax import train
 from dgpg_jax.env import EnvConfig
 from dgpg_jax.evaluate import seed_keys
-config = train.TrainConfig(env=EnvConfig(num_agents=5, horizon=20), num_episodes=1, updates_per_episode=2)
+config = train.TrainConfig(env=EnvConfig(decisions="simultaneous", num_agents=5, horizon=20), num_episodes=1, updates_per_episode=2)
 _, logs = jax.jit(jax.vmap(train.make_train(config)))(seed_keys(0, 2))
 print(json.dumps(np.asarray(logs.ratio_to_reference).tolist()))
 """
@@ -624,7 +625,7 @@ def no_compile(monkeypatch):
         (dict(alpha_schedule="cosine"), "alpha_schedule"),
         (dict(advantage_form="product"), "advantage_form"),
         (dict(guidance="mean"), "guidance"),
-        (dict(env=EnvConfig(num_agents=0)), "num_agents"),
+        (dict(env=at_once(num_agents=0)), "num_agents"),
     ],
 )
 def test_invalid_config_raises_naming_the_field(changes, field, no_compile, tmp_path):
@@ -642,7 +643,7 @@ def test_resume_with_a_different_config_raises(saved_half, no_compile):
     checkpoint.check_resumable(saved, (BASE, 0, SEEDS))  # only num_episodes differs: fine
     for config, seed, seeds, field in [
         (dataclasses.replace(BASE, learning_rate=1e-3), 0, SEEDS, "learning_rate"),
-        (dataclasses.replace(BASE, env=EnvConfig(num_agents=6, horizon=100)), 0, SEEDS, "env.num_agents"),
+        (dataclasses.replace(BASE, env=at_once(num_agents=6, horizon=100)), 0, SEEDS, "env.num_agents"),
         (dataclasses.replace(BASE, algo="mappo"), 0, SEEDS, "algo"),
         (BASE, 1, SEEDS, "seed"),
         (BASE, 0, SEEDS + 1, "seeds"),

@@ -27,8 +27,9 @@ from dgpg_jax import tasks
 PRESETS: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
     # The paper's setting: backlog dropped every step, coarse steps, uniform candidates,
-    # the tracking (`split`) potential, which is aligned exactly there.
-    "paper": ({"memoryless": True, "mean_job_steps": 0.6, "candidate_sampling": "uniform"}, {"potential": "split"}),
+    # jobs deciding at once, the tracking (`split`) potential, which is aligned exactly there.
+    "paper": ({"memoryless": True, "mean_job_steps": 0.6, "candidate_sampling": "uniform", "decisions": "simultaneous"},
+              {"potential": "split"}),
 }
 ENV_FLAG_ALIASES = {"num_candidates": ["--candidates"]}
 FLAG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "tuple[float, ...]": float}
@@ -101,8 +102,9 @@ def _add_train_flags(parser: argparse.ArgumentParser, task: str) -> None:
                        help="guidance weight: one value = constant, two = linear from the first to the second "
                             "(default 0.9 0.2)")
     group.add_argument("--alpha-decay-episodes", type=int, help="episodes of the linear alpha decay (default 20)")
-    group.add_argument("--potential", choices=potentials,
-                       help=f"guidance potential (default {potentials[0]}; cloud paper preset: split)")
+    default = ("light_congestion in turn, area deciding at once, split in the paper preset"
+               if task == tasks.DEFAULT_TASK else potentials[0])
+    group.add_argument("--potential", choices=potentials, help=f"guidance potential (default {default})")
     group.add_argument("--guidance", choices=GUIDANCE_MODES, help="sampled or exact guidance (default sampled)")
     group.add_argument("--advantage-form", choices=("additive", "convex"),
                        help="how guidance enters (default additive)")

@@ -68,7 +68,8 @@ def make_congestion_potential(discount: float) -> Potential:
 
 
 POTENTIALS: dict[str, Potential] = {"area": area_potential, "split": split_potential, "level": level_potential,
-                                    "congestion": make_congestion_potential(0.6)}
+                                    "congestion": make_congestion_potential(0.6),
+                                    "light_congestion": make_congestion_potential(0.3)}
 
 
 def make_aggregates(backlog: jax.Array, arriving_work: jax.Array, service_rate: jax.Array,

@@ -12,8 +12,9 @@ from dgpg_jax.ev import guidance as ev_guidance
 TASKS = {"cloud-scheduling": EnvConfig, "ev-charging": EVConfig}
 DEFAULT_TASK = "cloud-scheduling"
 POTENTIAL_NAMES = {"cloud-scheduling": tuple(guidance.POTENTIALS), "ev-charging": tuple(ev_guidance.POTENTIALS)}
-"""Each task's named potentials, the first its default (known without building a Task,
-which would start JAX)."""
+"""Each task's named potentials (known without building a Task, which would start JAX);
+the first is EV charging's default, cloud scheduling's depends on the decisions
+(`env.task.potentials`)."""
 
 
 def config_class(name: str) -> type:

@@ -62,8 +62,9 @@ class TrainConfig:
     advantage_form: str = "additive"
     """additive: A + alpha A_g; convex: (1 - alpha) A + alpha A_g."""
     potential: str | Callable | None = None
-    """A name among the task's potentials (None: its default, `area` for cloud scheduling,
-    `valley` for EV charging) or a potential function of the task's aggregates."""
+    """A name among the task's potentials (None: its default; for cloud scheduling
+    `light_congestion` with in-turn decisions and `area` with simultaneous or tentative
+    ones, `valley` for EV charging) or a potential function of the task's aggregates."""
     guidance: str = "sampled"
     """sampled: A_g at the taken action; exact: expectation over all candidates."""
     first_order: bool = False

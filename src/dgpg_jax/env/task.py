@@ -45,13 +45,20 @@ def _record(state, actions, reward, info):
     return make_record(state, reward, info)
 
 
+def potentials(decisions: str) -> dict:
+    """The named potentials, the default first: `light_congestion` for in-turn decisions
+    (the measured best there), `area` otherwise."""
+    first = "light_congestion" if decisions == "in_turn" else "area"
+    return {first: guidance.POTENTIALS[first], **guidance.POTENTIALS}
+
+
 def make_task(config: EnvConfig) -> Task:
     """The cloud-scheduling Task of a validated `config`."""
     return Task(
         name="cloud-scheduling", params=make_params(config), reset=reset, step=step, observe=job_observation,
         valid=lambda state: state.jobs.valid, agent=lambda state: state.jobs.agent, to_actions=to_servers, critic_inputs=server_observation,
         clock=lambda state, params: day_left(params, state.time), guidance=step_guidance,
-        potentials=guidance.POTENTIALS, record=_record, summarise=summarise, pool=pool,
+        potentials=potentials(config.decisions), record=_record, summarise=summarise, pool=pool,
         reference=best_fit_metrics, reference_name="best_fit", cost_key="mean_response_time",
         baselines=baselines.BASELINES, traced_load="utilisation",
         decide=DECIDE.get(config.decisions))
