@@ -31,10 +31,11 @@ from dgpg_jax.ev import EVConfig
 
 OUT = ROOT / "results" / "variance"  # --out
 FIGURES = ROOT / "docs"  # --figures
-SETTINGS = {
-    "queueing": train.TrainConfig(env=EnvConfig(horizon=200)),
+SETTINGS = {  # the two cloud settings of experiments/common.py on a 200-step day, and EV charging
+    "queueing": train.TrainConfig(env=EnvConfig(horizon=200, decisions="simultaneous")),
     "paper": train.TrainConfig(env=EnvConfig(horizon=200, memoryless=True, mean_job_steps=0.6,
-                                             candidate_sampling="uniform"), potential="split"),
+                                             candidate_sampling="uniform", decisions="simultaneous"),
+                               potential="split"),
     "ev-charging": train.TrainConfig(env=EVConfig()),
 }
 TRAINED_AT, TRAINED_EPISODES = 50, 10
