@@ -37,6 +37,9 @@ reproduce: $(STAMP)
 	$(BIN)/python experiments/transfer.py
 	$(BIN)/python experiments/load.py
 	$(BIN)/python experiments/small_scale.py
+	$(BIN)/python experiments/decision_modes.py
+	$(BIN)/python experiments/scale.py --setting in_turn --sizes 20,50,100,200,500,1000 --seeds 3
+	$(BIN)/python experiments/gap.py
 
 # A subset that still shows each claim, into results/quick/ (not committed).
 QUICK := results/quick
