@@ -264,6 +264,7 @@ def test_train_too_big_for_memory_exits_2_before_running(tmp_path, capsys):
     assert not (out_dir / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_ev_charging_train_and_eval_through_the_same_commands(tmp_path, capsys):
     """`--task ev-charging`: train prints final_ratio_to_reference (the valley bound), its
     checkpoint's actor evaluates beside the EV baselines, and a cloud run's checkpoint is

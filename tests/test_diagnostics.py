@@ -105,7 +105,7 @@ def reference_moments(learner, actor_params, key, rollouts, baseline, same):
 @pytest.mark.parametrize("env, same", [
     (at_once(num_agents=4, num_candidates=2, horizon=4, mean_job_steps=0.6), True),
     (EnvConfig(decisions="in_turn", num_agents=4, num_candidates=2, horizon=4, mean_job_steps=0.6), True),
-    (EVConfig(num_agents=4, horizon=4, decision_slots=2), False)])
+    pytest.param(EVConfig(num_agents=4, horizon=4, decision_slots=2), False, marks=pytest.mark.slow)])
 def test_per_agent_gradients_equal_a_direct_grad_of_each_agents_surrogate(env, same):
     config = train.TrainConfig(env=env, updates_per_episode=1)
     learner = train.make_learner(config)

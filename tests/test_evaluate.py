@@ -132,6 +132,7 @@ def test_seed_batches_give_the_same_metrics():
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5), whole, batched)
 
 
+@pytest.mark.slow
 def test_per_run_actors_equal_evaluating_each_seed_alone():
     """evaluate_per_run gives run s the s-th actor on run s's traces: the same metrics as
     evaluating that actor alone on that run key, and another actor's metrics differ."""

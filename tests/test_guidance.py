@@ -64,11 +64,13 @@ def first_order_closed_form(name: str, agg: Aggregates) -> np.ndarray:
     split -(A - x~)^2 / (2 mu^2)   -> -(A - x~) / mu^2
     level -(A - x_level)^2/(2 mu)  -> -(A - x_level) / mu
     congestion -((W + A)^2 - 0.6 A^2)/(2 mu) -> -(W + 0.4 A) / mu
+    light_congestion -((W + A)^2 - 0.3 A^2)/(2 mu) -> -(W + 0.7 A) / mu
     cubic -(W + A)^3 / mu          -> -3 (W + A)^2 / mu"""
     w, a, mu, ref, lev = (np.asarray(x, np.float64) for x in (agg.backlog, agg.arriving_work, agg.service_rate,
                                                               agg.reference_work, agg.level_work))
     return {"area": -(w + a) / mu, "split": -(a - ref) / mu**2, "level": -(a - lev) / mu,
-            "congestion": -(w + 0.4 * a) / mu, "cubic": -3 * (w + a) ** 2 / mu}[name]
+            "congestion": -(w + 0.4 * a) / mu, "light_congestion": -(w + 0.7 * a) / mu,
+            "cubic": -3 * (w + a) ** 2 / mu}[name]
 
 
 def random_case(seed: int, num_servers: int = 7, num_jobs: int = 6, num_candidates: int = 4):

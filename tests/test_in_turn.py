@@ -221,6 +221,7 @@ IN_TURN_TRAIN = train.TrainConfig(env=env.EnvConfig(num_agents=20, horizon=60, d
                                   updates_per_episode=2)
 
 
+@pytest.mark.slow
 def test_alpha_zero_dgpg_is_mappo_bit_for_bit_in_turn():
     key = jax.random.key(3)
     zero = dataclasses.replace(IN_TURN_TRAIN, alpha_start=0.0, alpha_end=0.0)

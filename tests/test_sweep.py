@@ -60,6 +60,7 @@ def four_devices(tmp_path_factory):
 
 
 CLI_ARGV = ["sweep", "--algo", "dgpg", "--num-agents", "20", "--horizon", "20", "--mean-job-steps", "0.6",
+            "--decisions", "simultaneous",
             "--updates-per-episode", "2", "--episodes", "2", "--seeds", "3", "--seed", "5",
             "--grid", "utilisation=0.1,0.9", "--chunk-seeds", str(CHUNK), "--bootstrap-reps", str(REPS), "--json"]
 
@@ -293,6 +294,7 @@ def test_cli_bad_process_flags_exit_2_with_one_line(tmp_path, capsys):
     assert jax.process_count() == 1 and not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_chunk_size_from_memory_analysis_and_forced(full, tmp_path):
     learner = train.make_learner(SWEEP.group_config("dgpg", 20))
     mesh = sweep.make_mesh()
@@ -311,6 +313,7 @@ def test_chunk_size_from_memory_analysis_and_forced(full, tmp_path):
     assert full[1]["groups"][0]["program_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_cli_json_last_line(full, tmp_path, capsys):
     from test_trackers import read_scalars
 

@@ -450,6 +450,7 @@ def assert_seed_matches(runner_state, logs: train.EpisodeLog, i: int, runner_alo
     assert int(runner_state.episode[i]) == int(runner_alone.episode)
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_and_hyper_grid_equal_separate_runs(dgpg_5, uninterrupted):
     """jax.vmap(train)(keys, hypers)[i] equals train(keys[i], hypers[i]) (a grid over the
     traced Hyper values is a vmap), and seed i of the run driver (its init and
@@ -545,6 +546,7 @@ def test_vmap_of_whole_train_completes():
     assert ratio.shape == (2, 1) and np.all(np.isfinite(ratio))
 
 
+@pytest.mark.slow
 def test_resume_and_calls_equal_the_uninterrupted_run(uninterrupted, saved_half):
     """HALF episodes in calls of 2, saved; resumed to 10 in calls of 2: the logs and the
     whole runner state (params, optimiser, value normaliser) equal the uninterrupted
