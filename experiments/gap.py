@@ -57,18 +57,25 @@ def make_sweep(n: int, mean_job_steps: float, sampling: str, decisions: str, see
     return sweep.Sweep(base, algos=("dgpg",), num_agents=(n,), seeds=seeds)
 
 
+def cell_order(cell: tuple) -> tuple:
+    """The default candidates first; within them the two lines through the default cell
+    (k at mean_job_steps 10, then mean_job_steps at k = 8), then the rest of the grid."""
+    steps, sampling, k = cell
+    line = 0 if steps == 10.0 else 1 if k == LEARNED_K else 2
+    return sampling != "capacity", line, steps, CANDIDATES.index(k)
+
+
 def run(n: int, seeds: int, episodes: int) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "baselines.jsonl"
     done = {(r["mean_job_steps"], r["sampling"], r["k"]) for r in read_jsonl(path)}
-    for steps in MEAN_JOB_STEPS:
-        for sampling in SAMPLING:
-            for k in CANDIDATES:
-                if (steps, sampling, k) in done:
-                    continue
-                rows = baseline_rows(env_config(n, steps, sampling, k), POLICIES, seeds, episodes)
-                append_jsonl(path, [{"mean_job_steps": steps, "sampling": sampling, "k": k, **r} for r in rows])
-                print(f"baselines steps={steps:g} {sampling} k={k or 'all'} done", flush=True)
+    for steps, sampling, k in sorted(((s, c, k) for s in MEAN_JOB_STEPS for c in SAMPLING for k in CANDIDATES),
+                                     key=cell_order):
+        if (steps, sampling, k) in done:
+            continue
+        rows = baseline_rows(env_config(n, steps, sampling, k), POLICIES, seeds, episodes)
+        append_jsonl(path, [{"mean_job_steps": steps, "sampling": sampling, "k": k, **r} for r in rows])
+        print(f"baselines steps={steps:g} {sampling} k={k or 'all'} done", flush=True)
     for steps in MEAN_JOB_STEPS:
         for sampling in LEARNED_SAMPLING:
             for decisions in DECISIONS:
