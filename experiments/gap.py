@@ -130,6 +130,7 @@ def plot() -> None:
                     ax.errorbar([CANDIDATES.index(LEARNED_K)], [r["ratio"]], yerr=[r["ratio_ci95"]], fmt=marker,
                                 color="black" if decisions == "in_turn" else "grey", ms=8, label=f"DG-PG, {decisions}")
             ax.axhline(1.0, color="black", lw=1)
+            ax.set_yscale("log")  # herding at once with every server in view reaches 27x
             ax.set_xticks(range(len(CANDIDATES)), ks)
             ax.set_title(f"mean_job_steps {steps:g}, {sampling}", fontsize=9)
             ax.grid(True, alpha=0.3)
