@@ -127,7 +127,9 @@ def plot() -> None:
                 learned = [r for r in rows if r["policy"] == f"dgpg_{decisions}" and r["mean_job_steps"] == steps
                            and r["sampling"] == sampling]
                 for r in learned:
-                    ax.errorbar([CANDIDATES.index(LEARNED_K)], [r["ratio"]], yerr=[r["ratio_ci95"]], fmt=marker,
+                    low, high = r["ratio_ci95"]
+                    ax.errorbar([CANDIDATES.index(LEARNED_K)], [r["ratio"]], yerr=[[r["ratio"] - low], [high - r["ratio"]]],
+                                fmt=marker,
                                 color="black" if decisions == "in_turn" else "grey", ms=8, label=f"DG-PG, {decisions}")
             ax.axhline(1.0, color="black", lw=1)
             ax.set_yscale("log")  # herding at once with every server in view reaches 27x
