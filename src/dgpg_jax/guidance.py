@@ -7,8 +7,8 @@ function of that server's own aggregates), so they can be evaluated at any gathe
 servers: that is what makes the exact leave-one-out guidance O(J k + M).
 
 Guidance of job i at candidate b: the change of G when i's job goes to b, the other
-jobs' work this step held fixed (with in-turn decisions: the earlier jobs' work). Exact (a difference of two potential terms), or first
-order (w_i dG/dA_b from `jax.grad` of the potential alone, so a user potential needs no
+jobs' work this step held fixed (with in-turn decisions: the earlier jobs' work). Exact
+(a difference of two potential terms), or first order (w_i dG/dA_b from `jax.grad` of the potential alone, so a user potential needs no
 hand-written derivative).
 """
 

@@ -242,16 +242,14 @@ def decide(task: Task, actor: Actor, actor_params, state, params, key: jax.Array
     """The actor's choice for every row of a step: (obs (J, k, F), candidate index (J,)).
     Rows decide at once on `task.observe`, or after seeing other rows' choices through
     `task.decide` (in turn, or tentative; one key per row). Sampled, or the most likely candidate (`deterministic`)."""
-    if task.decide is None:
-        obs = task.observe(state, params)
-        if deterministic:
-            return obs, jnp.argmax(actor.apply(actor_params, obs), axis=-1)
-        return obs, _sample(actor, actor_params, obs, key)[1]
-
-    def choose(row_key, row_obs):
+    def choose(row_key, row_obs):  # one row (k, F), or all rows at once (J, k, F)
         if deterministic:
             return jnp.argmax(actor.apply(actor_params, row_obs), axis=-1)
         return _sample(actor, actor_params, row_obs, row_key)[1]
+
+    if task.decide is None:
+        obs = task.observe(state, params)
+        return obs, choose(key, obs)
 
     rows = task.valid(state).shape[0]
     return task.decide(state, params, choose, jax.random.split(key, rows))
