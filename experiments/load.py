@@ -23,7 +23,7 @@ from dgpg_jax import sweep
 OUT = ROOT / "results" / "load"
 FIGURES = ROOT / "docs"
 FLEETS = {"catalog": (0.5, 0.75, 0.9), "homogeneous": (0.75,)}  # fleet -> utilisations
-POLICIES = ("best_fit", "greedy", "greedy_k_simultaneous", "jsq")
+POLICIES = ("best_fit", "greedy", "greedy_k", "greedy_k_simultaneous", "jsq")
 
 
 def make_sweep(setting: str, fleet: str, sizes: list[int], seeds: int, episodes: int) -> sweep.Sweep:
