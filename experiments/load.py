@@ -1,8 +1,8 @@
 """Load and heterogeneity: DG-PG, MAPPO and IPPO at utilisation 0.5, 0.75 and 0.9 on the
 catalog fleet, and at 0.75 on a homogeneous fleet (all servers equal, the same total
-capacity), in both cloud settings, against Best-Fit and the greedies on the same traces.
+capacity), in the three cloud settings, against Best-Fit and the greedies on the same traces.
 
-    python experiments/load.py [--settings queueing,paper] [--sizes 50] [--seeds 5] [--episodes 20]
+    python experiments/load.py [--settings queueing,paper,in_turn] [--sizes 50] [--seeds 5] [--episodes 20]
     python experiments/load.py --plot      # redraw from results/ only
 
 Utilisation is a traced value, so each (fleet, algo, N) is one sweep program over the
@@ -82,7 +82,7 @@ def plot() -> None:
 
 
 if __name__ == "__main__":
-    parser = experiment_parser(__doc__, OUT, FIGURES, settings="queueing,paper", seeds=5, episodes=20)
+    parser = experiment_parser(__doc__, OUT, FIGURES, settings="queueing,paper,in_turn", seeds=5, episodes=20)
     parser.add_argument("--sizes", default="50")
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)

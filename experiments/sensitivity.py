@@ -1,9 +1,9 @@
-"""Sensitivity of DG-PG at N = 50 to its own choices, in both cloud settings, on the same
+"""Sensitivity of DG-PG at N = 50 to its own choices, in the three cloud settings, on the same
 seeds and traces: constant alpha in {0.2, 0.4, 0.6, 0.8} against the default 0.9 -> 0.2
 schedule, the convex advantage against the additive one, exact guidance against sampled,
 and every guidance potential.
 
-    python experiments/sensitivity.py [--settings queueing,paper] [--num-agents 50] [--seeds 5] [--episodes 20]
+    python experiments/sensitivity.py [--settings queueing,paper,in_turn] [--num-agents 50] [--seeds 5] [--episodes 20]
     python experiments/sensitivity.py --plot      # redraw from results/ only
 
 Each variant is one `dgpg_jax.sweep` (resumable chunk by chunk) in
@@ -85,7 +85,7 @@ def plot() -> None:
 
 
 if __name__ == "__main__":
-    parser = experiment_parser(__doc__, OUT, FIGURES, settings="queueing,paper", seeds=5, episodes=20)
+    parser = experiment_parser(__doc__, OUT, FIGURES, settings="queueing,paper,in_turn", seeds=5, episodes=20)
     parser.add_argument("--num-agents", type=int, default=50)
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)

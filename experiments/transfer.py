@@ -1,7 +1,7 @@
 """Scale transfer: DG-PG actors trained at N = 5 and N = 50, evaluated without retraining at
 N = 200, 1000 and 1500, next to actors trained at those N, on the same traces.
 
-    python experiments/transfer.py [--settings queueing,paper] [--seeds 3] [--episodes 20]
+    python experiments/transfer.py [--settings queueing,paper,in_turn] [--seeds 3] [--episodes 20]
     python experiments/transfer.py --plot      # redraw from results/ only
 
 The actor scores each (job, candidate) pair from features that do not depend on N, so
@@ -131,7 +131,7 @@ def plot() -> None:
 
 
 if __name__ == "__main__":
-    parser = experiment_parser(__doc__, OUT, FIGURES, settings="queueing,paper", seeds=3, episodes=20)
+    parser = experiment_parser(__doc__, OUT, FIGURES, settings="queueing,paper,in_turn", seeds=3, episodes=20)
     parser.add_argument("--targets", default=",".join(map(str, TARGETS)))
     args = parser.parse_args()
     OUT, FIGURES = Path(args.out), Path(args.figures)
