@@ -1,9 +1,9 @@
 """The paper's variance claim, measured: the relative variance of one agent's policy
 gradient under the shared return and under the guidance, N = 5 .. 1500, for the initial
-actor and a trained one, in three settings (cloud scheduling in the queueing setting and
-in the paper preset, and EV charging).
+actor and a trained one, in four settings (cloud scheduling in the queueing setting, in
+the paper preset and in the in-turn setting of the defaults, and EV charging).
 
-    python experiments/variance.py [--sizes 5,10,...] [--rollouts 64] [--settings queueing,paper,ev-charging]
+    python experiments/variance.py [--sizes 5,10,...] [--rollouts 64] [--settings queueing,paper,in_turn,ev-charging]
     python experiments/variance.py --plot      # redraw docs/variance_slopes.png from results/ only
 
 Each measurement is `dgpg_jax.diagnostics.measure` (what `dgpg variance --json` prints),
@@ -31,11 +31,12 @@ from dgpg_jax.ev import EVConfig
 
 OUT = ROOT / "results" / "variance"  # --out
 FIGURES = ROOT / "docs"  # --figures
-SETTINGS = {  # the two cloud settings of experiments/common.py on a 200-step day, and EV charging
+SETTINGS = {  # the three cloud settings of experiments/common.py on a 200-step day, and EV charging
     "queueing": train.TrainConfig(env=EnvConfig(horizon=200, decisions="simultaneous")),
     "paper": train.TrainConfig(env=EnvConfig(horizon=200, memoryless=True, mean_job_steps=0.6,
                                              candidate_sampling="uniform", decisions="simultaneous"),
                                potential="split"),
+    "in_turn": train.TrainConfig(env=EnvConfig(horizon=200, decisions="in_turn"), potential="light_congestion"),
     "ev-charging": train.TrainConfig(env=EVConfig()),
 }
 TRAINED_AT, TRAINED_EPISODES = 50, 10
