@@ -71,7 +71,8 @@ def run_one(n: int, algo: str, decisions: str, potential: str | None, discount: 
     ratio = np.asarray(result.logs.ratio_to_reference)
     p99 = np.asarray(result.logs.metrics.p99_response_time) / np.asarray(result.logs.reference.p99_response_time)
     return {"n": n, "algo": algo, "decisions": decisions, "potential": potential, "discount": discount,
-            "changes": [list(change) for change in changes], "final": float(ratio[:, -3:].mean()), "final_p99": float(p99[:, -3:].mean()),
+            "changes": [list(change) for change in changes],
+            "final": float(ratio[:, -3:].mean()), "final_p99": float(p99[:, -3:].mean()),
             "curve": ratio.mean(0).round(3).tolist(), "wall": time.time() - start,
             "compile": result.compile_seconds}
 

@@ -24,19 +24,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import ROOT, append_jsonl, experiment_parser, pyplot, read_jsonl, save_figure, write_json
+from common import ROOT, SETTINGS as CLOUD_SETTINGS, append_jsonl, experiment_parser, pyplot, read_jsonl, save_figure, write_json
 from dgpg_jax import diagnostics, runner, train
 from dgpg_jax.env import EnvConfig
 from dgpg_jax.ev import EVConfig
 
 OUT = ROOT / "results" / "variance"  # --out
 FIGURES = ROOT / "docs"  # --figures
-SETTINGS = {  # the three cloud settings of experiments/common.py on a 200-step day, and EV charging
-    "queueing": train.TrainConfig(env=EnvConfig(horizon=200, decisions="simultaneous")),
-    "paper": train.TrainConfig(env=EnvConfig(horizon=200, memoryless=True, mean_job_steps=0.6,
-                                             candidate_sampling="uniform", decisions="simultaneous"),
-                               potential="split"),
-    "in_turn": train.TrainConfig(env=EnvConfig(horizon=200, decisions="in_turn"), potential="light_congestion"),
+SETTINGS = {  # the cloud settings of experiments/common.py on a 200-step day, and EV charging
+    **{name: dataclasses.replace(config, env=dataclasses.replace(config.env, horizon=200))
+       for name, config in CLOUD_SETTINGS.items()},
     "ev-charging": train.TrainConfig(env=EVConfig()),
 }
 TRAINED_AT, TRAINED_EPISODES = 50, 10
