@@ -116,7 +116,7 @@ def sweep_table(spec, directory: Path) -> list[dict]:
     excluded (the first algo at each N also runs the references)."""
     from dgpg_jax import sweep
 
-    docs = sweep.read_chunks(Path(directory))
+    docs = sweep.read_chunks(Path(directory), spec)
     seconds: dict[tuple, float] = {}
     for doc in docs:
         algo, n = doc["group"].rsplit("-n", 1)

@@ -119,7 +119,7 @@ def test_every_row_exactly_once_and_padding_dropped(full):
     assert set(map(tuple, frame[KEY].itertuples(index=False))) == expected
     chunks = sorted((out / "chunks").glob("*.json"))
     assert [p.name for p in chunks] == ["dgpg-n20-0.json", "dgpg-n20-1.json"]
-    docs = [json.loads(p.read_text()) for p in chunks]
+    docs = [sweep.read_chunk(p, sweep.chunk_hash(SWEEP, "dgpg", 20, CHUNK)) for p in chunks]
     items = [tuple(item) for doc in docs for item in doc["items"]]
     assert [len(doc["items"]) for doc in docs] == [4, 2]
     assert sorted(items) == [(p, s) for p in (0, 1) for s in (0, 1, 2)]
@@ -378,7 +378,7 @@ def test_two_processes_equal_one_and_restart_skips_everything(two_processes, ful
     assert (result["chunks_run"], result["chunks_skipped"], result["complete"]) == (2, 0, True)
     assert sorted(p.name for p in (out / "chunks").glob("*.json")) == [
         f"dgpg-n20-{i}.p{k}of2.json" for i in (0, 1) for k in (0, 1)]
-    part = json.loads((out / "chunks" / "dgpg-n20-1.p1of2.json").read_text())
+    part = sweep.read_chunk(out / "chunks" / "dgpg-n20-1.p1of2.json")
     assert part["items"] == [] and part["rows"] == []  # chunk 1's two runs are on process 0; padding on 1
     assert_same_sweep(full, out, result)
     again = json.loads(finish(start_processes(out))[0].strip().splitlines()[-1])
@@ -413,3 +413,84 @@ def test_ev_charging_sweep_equals_train_and_refuses_a_load_grid(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "grid utilisation" in err[0] and "ev-charging" in err[0], err
     assert not (tmp_path / "ev2").exists()
+
+
+# ----------------------------------------------------------------------------- self-describing chunks
+
+
+def damage_body(path: Path, change) -> None:
+    """Rewrite the content line of a chunk file through `change(doc)`, keeping its header."""
+    header, body = path.read_text().split("\n", 1)
+    doc = json.loads(body)
+    change(doc)
+    path.write_text(f"{header}\n{json.dumps(doc)}\n")
+
+
+def edit_a_value(doc: dict) -> None:
+    doc["rows"][0]["ratio_to_best_fit"] *= 2
+
+
+@pytest.mark.parametrize("damages", [
+    {0: lambda path: path.write_text(path.read_text()[:4622]), 1: lambda path: damage_body(path, edit_a_value)},
+    {0: lambda path: path.write_text("{}"),
+     1: lambda path: sweep.write_chunk(path, "0" * 16, sweep.read_chunk(path))},
+    {0: lambda path: path.write_text(path.read_text().split("\n", 1)[1])},  # an earlier version's file: no header
+])
+def test_damaged_edited_or_foreign_chunks_are_named_set_aside_and_run_again(full, tmp_path, damages):
+    """A truncated chunk, one with an edited value, `{}`, one of another configuration
+    (a valid file with a foreign hash) and one without a header: each is named, moved to
+    chunks/stale/ and run again; the result equals the uninterrupted sweep."""
+    out = tmp_path / "sweep"
+    shutil.copytree(full[0], out)
+    for index, damage in damages.items():
+        damage(out / "chunks" / f"dgpg-n20-{index}.json")
+    with pytest.raises(ValueError, match="dgpg-n20-0.json"):
+        sweep.read_chunks(out, SWEEP)
+    events = []
+    result = sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, bootstrap_reps=REPS, on_progress=events.append)
+    stale = [event for event in events if event["event"] == "stale"]
+    assert sorted(Path(event["path"]).name for event in stale) == [f"dgpg-n20-{i}.json" for i in sorted(damages)]
+    assert all(Path(event["path"]).parent == out / "chunks" / "stale" for event in stale)
+    assert all(f"dgpg-n20-{i}.json" in event["reason"] for i, event in zip(sorted(damages), stale))
+    assert (result["chunks_run"], result["complete"]) == (len(damages), True)
+    assert result["configurations"] == full[1]["configurations"]
+    pd.testing.assert_frame_equal(rows(out), rows(full[0]))
+
+
+def test_chunks_of_other_arguments_are_not_taken_for_this_sweep(full, tmp_path, capsys):
+    """sweep.json lost, then the same directory swept from seed 6: every chunk of seed 5
+    is foreign (its hash), set aside and run again, and the summary holds seeds 6-8 only."""
+    out = tmp_path / "sweep"
+    shutil.copytree(full[0], out)
+    (out / "sweep.json").unlink()
+    other = dataclasses.replace(SWEEP, seed=6)
+    result = sweep.run_sweep(other, out, chunk_seeds=CHUNK, bootstrap_reps=REPS)
+    assert (result["chunks_run"], result["chunks_skipped"], result["complete"]) == (2, 0, True)
+    assert [len(entry["reason"]) > 0 and "another configuration" in entry["reason"]
+            for entry in result["stale_chunks"]] == [True, True]
+    assert sorted(rows(out).seed.unique()) == [6, 7, 8]
+    assert all(c["seeds"] == [6, 7, 8] for c in result["configurations"])
+    hashes = {sweep.chunk_hash(changed, "dgpg", 20, size) for changed, size in [
+        (SWEEP, CHUNK), (SWEEP, 2), (other, CHUNK), (dataclasses.replace(SWEEP, base=dataclasses.replace(
+            BASE, num_episodes=3)), CHUNK), (dataclasses.replace(SWEEP, base=dataclasses.replace(
+                BASE, learning_rate=1e-3)), CHUNK)]}
+    assert len(hashes) == 5  # the chunk size, seeds, episodes and a learning rate each change the hash
+
+
+def test_a_full_disk_during_a_sweep_is_one_line_and_leaves_no_temporary(full, tmp_path, monkeypatch, capsys):
+    """All chunks done: the restart writes rows.jsonl and summary.json only. A full disk
+    there: exit 1, one line naming the file and the cause, the old files intact."""
+    out = tmp_path / "sweep"
+    shutil.copytree(full[0], out)
+    before = (out / "rows.jsonl").read_text()
+
+    def full_disk(fd):
+        raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    assert cli.main([*CLI_ARGV, "--out", str(out)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("dgpg sweep: error: file-system error at "), errors
+    assert "rows.jsonl" in errors[0] and errors[0].endswith("no space left on the device")
+    assert (out / "rows.jsonl").read_text() == before
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == "dgpg.lock"]

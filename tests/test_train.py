@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 
@@ -31,7 +32,7 @@ import numpy as np
 import pytest
 from jax.experimental import checkify
 
-from dgpg_jax import baselines, checkpoint, evaluate, runner, train
+from dgpg_jax import baselines, checkpoint, cli, evaluate, runner, train
 from dgpg_jax.env import job_observation, make_params, reset, service_rate
 from dgpg_jax.env.metrics import histogram_percentiles
 from dgpg_jax.evaluate import seed_keys
@@ -675,6 +676,102 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_its_config(tmp_pa
                                   episodes_per_call=BASE.num_episodes)
     assert tree_equal(resumed.logs, uninterrupted.logs)
     assert (run_dir / "checkpoint").is_dir() and (run_dir / "metrics.jsonl").is_file()
+
+
+# ----------------------------------------------------------------------------- faults (see test_faults.py)
+
+
+class Fault(Exception):
+    """Stands for a kill or a crash at the point where it is raised."""
+
+
+def compiled(*args, **kwargs):
+    raise AssertionError("init_runner reached: the refusal should have come before any tracing")
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.fixture
+def saved_copy(saved_half, tmp_path):
+    """A copy of test_train's saved run (HALF episodes, 2 seeds) to damage."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(saved_half[0], run_dir)
+    return run_dir
+
+
+def test_resume_without_a_checkpoint_over_metrics_is_refused(saved_copy, monkeypatch, capsys):
+    """The issue's reproduction: the checkpoint gone, metrics there. The resume is refused
+    (exit 2, one line) instead of starting again from episode 0, and the metrics stay."""
+    metrics = (saved_copy / "metrics.jsonl").read_text()
+    shutil.rmtree(saved_copy / "checkpoint")
+    monkeypatch.setattr(train, "init_runner", compiled)
+    with pytest.raises(ValueError, match="no complete checkpoint.*--overwrite"):
+        runner.run_training(BASE, 0, SEEDS, out_dir=saved_copy, resume=saved_copy)
+    argv = ["train", "--out", str(saved_copy), "--resume", str(saved_copy), "--num-agents", "5", "--horizon", "100",
+            "--decisions", "simultaneous", "--updates-per-episode", "2", "--episodes", "10", "--seeds", str(SEEDS)]
+    assert cli.main(argv) == 2
+    assert "no complete checkpoint" in one_line(capsys)
+    assert (saved_copy / "metrics.jsonl").read_text() == metrics
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text[: len(text) // 2 + 10], "line 5 is not valid JSON"),
+    (lambda text: "{}\n" + text, "line 1 is not a metrics row"),
+    (lambda text: "\n".join(text.splitlines()[1:]), "holds 7 rows"),
+])
+def test_damaged_metrics_are_named_before_compiling(saved_copy, monkeypatch, damage, message):
+    path = saved_copy / "metrics.jsonl"
+    path.write_text(damage(path.read_text()))
+    monkeypatch.setattr(train, "init_runner", compiled)
+    with pytest.raises(ValueError, match=f"metrics.jsonl.*{message}"):
+        runner.run_training(BASE, 0, SEEDS, out_dir=saved_copy, resume=saved_copy)
+
+
+def test_a_damaged_checkpoint_is_named_with_a_way_forward(saved_copy):
+    (_, path), = checkpoint.checkpoints(saved_copy)
+    for file in path.rglob("*"):
+        if file.is_file() and file.parent.name == "d":
+            file.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="episode_4.*is damaged.*does not match its manifest.*--overwrite"):
+        checkpoint.load_actor(saved_copy)
+
+
+@pytest.mark.slow
+def test_faults_during_training_lose_no_episode(tmp_path, uninterrupted, monkeypatch):
+    """A run of HALF episodes in calls of 2 whose last checkpoint switch is interrupted
+    after the new checkpoint is written: both checkpoints are complete. Then that newest
+    one is taken for half-written (renamed to orbax's temporary name, as a kill during
+    its write leaves it): the resume starts from episode 2, keeps the 2 episodes logged
+    before it, runs 3..10 again, and equals the uninterrupted run bit for bit, metrics
+    file included."""
+    run_dir = tmp_path / "run"
+    real_remove = checkpoint._remove_older
+
+    def kill_at_last_switch(path, episodes):
+        if episodes == HALF:
+            raise Fault
+        real_remove(path, episodes)
+
+    monkeypatch.setattr(checkpoint, "_remove_older", kill_at_last_switch)
+    with pytest.raises(Fault):
+        runner.run_training(dataclasses.replace(BASE, num_episodes=HALF), 0, SEEDS, out_dir=run_dir,
+                            episodes_per_call=2)
+    monkeypatch.undo()
+    assert [episode for episode, _ in checkpoint.checkpoints(run_dir)] == [2, HALF]
+    newest = run_dir / "checkpoint" / f"episode_{HALF}"
+    newest.rename(newest.with_name(f"{newest.name}.orbax-checkpoint-tmp-7"))
+
+    resumed = runner.run_training(BASE, 0, SEEDS, out_dir=run_dir, resume=run_dir, episodes_per_call=2)
+    assert tree_equal(resumed.logs, uninterrupted.logs)
+    assert tree_equal(resumed.runner, uninterrupted.runner)
+    assert [p.name for p in (run_dir / "checkpoint").iterdir()] == [f"episode_{BASE.num_episodes}"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    ratio = np.array([row["ratio_to_best_fit"] for row in rows], np.float32).reshape(SEEDS, BASE.num_episodes)
+    np.testing.assert_array_equal(ratio, uninterrupted.logs.ratio_to_reference)
 
 
 def test_invalid_episodes_per_call_raises(no_compile):

@@ -19,6 +19,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -85,12 +86,11 @@ def _add_run_flags(parser: argparse.ArgumentParser, episodes: int, seeds: int) -
 
 
 def _check_run_flags(args) -> None:
-    from dgpg_jax.validation import check_integer
+    from dgpg_jax.validation import check_integer, check_seeds
 
-    for name in ("episodes", "seeds") + (("episodes_per_call",) if hasattr(args, "episodes_per_call") else ()):
+    for name in ("episodes",) + (("episodes_per_call",) if hasattr(args, "episodes_per_call") else ()):
         check_integer(name, getattr(args, name))
-    # jax.random.key keeps 32 bits of a seed: a larger one would repeat a smaller one's run
-    check_integer("seed", args.seed, minimum=0, maximum=2**32 - 1)
+    check_seeds(args.seeds, args.seed)
 
 
 def _add_train_flags(parser: argparse.ArgumentParser, task: str) -> None:
@@ -166,6 +166,21 @@ def _emit(rows: list[dict], columns, title: str, as_json: bool) -> None:
             print(json.dumps(json_safe(row), allow_nan=False))
     else:
         _print_table(rows, columns, title)
+
+
+class RunFailed(Exception):
+    """A run that ended without usable results (exit status 1, one line)."""
+
+
+def _check_finite(rows: list[dict], columns, label: str) -> None:
+    """RunFailed when a figure of the printed table is NaN or infinite: numbers that
+    overflowed are a failed run, not a result."""
+    for row in rows:
+        for key, header, fmt in columns:
+            value = row.get(key)
+            if fmt and isinstance(value, float) and not math.isfinite(value):
+                raise RunFailed(f"{header} ({key}) of {row.get(label)} is {value}: the setting is outside what "
+                                "float32 computes; allowed settings whose results are finite")
 
 
 def _progress():
@@ -275,8 +290,11 @@ def _setting(env_config) -> str:
 def cmd_eval(args) -> None:
     from dgpg_jax.evaluate import evaluate_policies, seed_keys
 
+    from dgpg_jax.validation import check_seeds
+
     _check_run_flags(args)
     env_config = _env_config(args)
+    check_seeds(args.seeds, args.seed, env_config.episode_rows)
     task = env_config.make_task()
     policies = _policies(args.policy, args.beta, task)
     view = VIEWS[task.name]
@@ -286,11 +304,12 @@ def cmd_eval(args) -> None:
         progress.update(bar, advance=1)
     _emit(rows, view.eval_columns, f"{task.name}, {_setting(env_config)}, {args.episodes} episodes x {args.seeds} "
           f"seeds; {view.units}", args.json)
+    _check_finite(rows, view.eval_columns, "policy")
 
 
 # ----------------------------------------------------------------------------- train
 
-def _train_one(config, args, out_dir: Path | None, resume: Path | None, progress):
+def _train_one(config, args, out_dir: Path | None, resume: Path | None, progress, overwrite: bool = False):
     from dgpg_jax.runner import run_training
 
     bar = progress.add_task(config.algo, total=config.num_episodes, status="compiling")
@@ -300,35 +319,35 @@ def _train_one(config, args, out_dir: Path | None, resume: Path | None, progress
         progress.update(bar, completed=done, status=f"ratio to {reference} {logs.ratio_to_reference[:, -1].mean():.3f}")
 
     return run_training(config, args.seed, args.seeds, out_dir, resume, args.episodes_per_call, on_progress,
-                        getattr(args, "log", "none"))
+                        getattr(args, "log", "none"), overwrite)
 
 
 def cmd_train(args) -> None:
-    from dgpg_jax import checkpoint
+    from dgpg_jax import rundir
     from dgpg_jax.plots import plot_learning_curves
-    from dgpg_jax.runner import FINAL_WINDOW
-
+    from dgpg_jax.runner import FINAL_WINDOW, json_safe
     from dgpg_jax.trackers import check_tracker
 
     _check_run_flags(args)
     check_tracker(args.log)  # its extra installed, before any directory or compile
     config = _train_config(args, args.algo)
-    resume = Path(args.resume) if args.resume else None
-    if resume is not None:
-        checkpoint.check_resumable(checkpoint.load_config(resume), (config, args.seed, args.seeds))
-    out_dir = checkpoint.prepare_run_dir(Path(args.out), resume, args.overwrite)
-    with _progress() as progress:
-        result = _train_one(config, args, out_dir, resume, progress)
+    if args.resume is not None and not args.resume.strip():
+        raise ValueError("resume='' is invalid: allowed a `dgpg train` directory")
+    with _progress() as progress:  # --out as given: '' is refused, not taken for the current directory
+        result = _train_one(config, args, args.out, Path(args.resume) if args.resume else None, progress,
+                            args.overwrite)
+    out_dir = Path(args.out)
     view = VIEWS[result.task.name]
     plot_learning_curves({config.algo: result.logs.ratio_to_reference}, {}, out_dir / "learning_curve.png",
                          f"{config.algo}, {result.task.name}, N={config.env.num_agents}",
                          result.task.reference_name, view.ylabel)
     summary = result.summary()
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    rundir.write_json(out_dir / "summary.json", json_safe(summary))
     columns = [("algo", "run", "")] + [(_final_key(key, result.task), header, fmt)
                                        for key, header, fmt in view.summary_columns] + RUN_COLUMNS
     _emit([summary], columns, f"{config.algo}, {result.task.name}, {_setting(config.env)}; final {FINAL_WINDOW} "
           f"episodes; {view.units}; written to {out_dir}", args.json)
+    _check_finite([summary], columns, "algo")
 
 
 def _final_key(key: str, task) -> str:
@@ -342,25 +361,34 @@ def _final_key(key: str, task) -> str:
 # ----------------------------------------------------------------------------- compare
 
 def cmd_compare(args) -> None:
-    import jax
-
-    from dgpg_jax import algorithms, checkpoint, train
-    from dgpg_jax.evaluate import evaluate_policies, seed_keys
-    from dgpg_jax.plots import plot_learning_curves
-    from dgpg_jax.runner import FINAL_WINDOW
+    from dgpg_jax import algorithms, rundir
 
     _check_run_flags(args)
     algos = _comma_list("algos", args.algos, f"algorithm names {algorithms.ALGORITHMS}")
     configs = [_train_config(args, algo) for algo in algos]
     view = VIEWS[args.task]
-    out_dir = checkpoint.prepare_run_dir(Path(args.out), overwrite=args.overwrite)
-    for algo in algos:
-        checkpoint.prepare_run_dir(out_dir / algo, overwrite=args.overwrite)
+    with rundir.open_run(args.out, "compare", overwrite=args.overwrite) as out_dir:
+        for algo in algos:  # each algorithm's run directory, refused before anything is trained
+            rundir.check_out(out_dir / algo, "train", overwrite=args.overwrite)
+        rundir.write_json(out_dir / "compare.json", {"algos": algos, "seed": args.seed, "seeds": args.seeds,
+                                                     "episodes": args.episodes, "task": args.task})
+        _compare(args, configs, view, out_dir)
+
+
+def _compare(args, configs, view, out_dir: Path) -> None:
+    import jax
+
+    from dgpg_jax import rundir, train
+    from dgpg_jax.evaluate import evaluate_policies, seed_keys
+    from dgpg_jax.plots import plot_learning_curves
+    from dgpg_jax.runner import FINAL_WINDOW, json_safe
+
+    algos = [config.algo for config in configs]
     results = {}
     window = min(FINAL_WINDOW, args.episodes)
     with _progress() as progress:
         for config in configs:
-            results[config.algo] = _train_one(config, args, out_dir / config.algo, None, progress)
+            results[config.algo] = _train_one(config, args, out_dir / config.algo, None, progress, args.overwrite)
         task = results[algos[0]].task
         run_keys = jax.vmap(train.traces_key)(seed_keys(args.seed, args.seeds))
         bar = progress.add_task("baselines", total=1, status=f"{len(task.baselines)} in one program")
@@ -380,23 +408,19 @@ def cmd_compare(args) -> None:
                          out_dir / "learning_curves.png",
                          f"{task.name}, N={configs[0].env.num_agents}, {args.seeds} seeds (preset {args.preset})",
                          task.reference_name, view.ylabel)
-    (out_dir / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
+    rundir.write_json(out_dir / "summary.json", json_safe(table))
     columns = [("policy", "policy", "")] + [c for c in view.summary_columns if not c[0].startswith(
         task.reference_name + "_")] + RUN_COLUMNS
     _emit(table, columns, f"{task.name}, {_setting(configs[0].env)}, final {window} of {args.episodes} episodes "
           f"x {args.seeds} seeds, same traces (preset {args.preset}); {view.units}; "
           f"plot: {out_dir / 'learning_curves.png'}", args.json)
+    _check_finite(table, columns, "policy")
 
 
 # ----------------------------------------------------------------------------- sweep
 
 def cmd_sweep(args) -> None:
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    from dgpg_jax import algorithms, distributed, sweep
-    from dgpg_jax.runner import FINAL_WINDOW
+    from dgpg_jax import algorithms, distributed, rundir, sweep
     from dgpg_jax.trackers import check_tracker
 
     _check_run_flags(args)
@@ -425,6 +449,18 @@ def cmd_sweep(args) -> None:
     if args.distributed or any(flag is not None for flag in several):
         distributed.initialize(*several)  # after the checks (they touch no JAX), before any program
     main_process = distributed.is_main()  # the other processes run silently
+    with rundir.open_run(args.out, "sweep", continues=True, lock=main_process):  # refused before the progress bar
+        _sweep(args, spec, main_process)
+
+
+def _sweep(args, spec, main_process: bool) -> None:
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from dgpg_jax import sweep
+    from dgpg_jax.runner import FINAL_WINDOW
+
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                         console=Console(stderr=True), transient=False, disable=not main_process)
@@ -437,10 +473,12 @@ def cmd_sweep(args) -> None:
                                 status=f"{event['skipped']} chunks already done")
             elif event["event"] == "compiling":
                 progress.update(task, status=f"compiling {event['group']}")
+            elif event["event"] == "stale":
+                progress.console.print(f"set aside and run again: {event['reason']} (moved to {event['path']})")
             else:
                 progress.update(task, advance=1, status=f"{event['group']} chunk {event['index']} written")
 
-        result = sweep.run_sweep(spec, Path(args.out), chunk_seeds=args.chunk_seeds, on_progress=on_progress,
+        result = sweep.run_sweep(spec, args.out, chunk_seeds=args.chunk_seeds, on_progress=on_progress,
                                  bootstrap_reps=args.bootstrap_reps, log=args.log)
     if not main_process:
         return
@@ -465,18 +503,18 @@ def cmd_sweep(args) -> None:
 
 def cmd_variance(args) -> None:
     from dgpg_jax import checkpoint, diagnostics
-    from dgpg_jax.validation import check_integer
+    from dgpg_jax.validation import SEED_MAX, check_integer
 
     check_integer("rollouts", args.rollouts, minimum=4)
     if args.baseline_rollouts is not None:
         check_integer("baseline_rollouts", args.baseline_rollouts)
-    check_integer("seed", args.seed, minimum=0, maximum=2**32 - 1)
+    check_integer("seed", args.seed, minimum=0, maximum=SEED_MAX)
     if args.updates_per_episode is None:  # the PPO segments play no part here: one, so that any even horizon is valid
         args.updates_per_episode = 1
     config = _train_config(args, "dgpg")
     actor = None
-    if args.checkpoint:
-        if not Path(args.checkpoint, "config.json").exists():
+    if args.checkpoint is not None:
+        if not args.checkpoint.strip() or not Path(args.checkpoint, "config.json").exists():
             raise ValueError(f"checkpoint={args.checkpoint!r} is invalid: allowed a `dgpg train` directory")
         actor = checkpoint.load_actor(Path(args.checkpoint), args.task)
     with _progress() as progress:
@@ -607,14 +645,49 @@ def _task_of(argv: list[str] | None) -> str:
     return name if name in tasks.TASKS else tasks.DEFAULT_TASK
 
 
+def _env_flags(task: str) -> set[str]:
+    """The environment flags of `task` (those of its config's fields)."""
+    return {flag for field in dataclasses.fields(tasks.config_class(task))
+            for flag in ["--" + field.name.replace("_", "-")] + ENV_FLAG_ALIASES.get(field.name, [])}
+
+
+def _other_task_flag(task: str, unknown: list[str]) -> str | None:
+    """A one-line refusal of an unknown flag that is another task's environment flag."""
+    for flag in (item.split("=", 1)[0] for item in unknown if item.startswith("--")):
+        owners = [name for name in tasks.TASKS if name != task and flag in _env_flags(name)]
+        if owners:
+            return (f"{flag} is a flag of the {owners[0]} task, not of {task}: allowed with --task {owners[0]}, "
+                    f"or the flags that `--task {task} --help` lists")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser(_task_of(argv)).parse_args(argv)
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's threads log each fault the CLI reports once
+    task = _task_of(argv)
+    parser = build_parser(task)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        message = _other_task_flag(task, unknown)
+        if message is None:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        print(f"dgpg {args.command}: error: {message}", file=sys.stderr)
+        return 2
     enable_compilation_cache()
     try:
         args.func(args)
     except ValueError as error:
         print(f"dgpg {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        from dgpg_jax.rundir import describe_os_error
+
+        print(f"dgpg {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
+    except RunFailed as error:
+        print(f"dgpg {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

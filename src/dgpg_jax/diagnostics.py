@@ -46,7 +46,7 @@ from jax.flatten_util import ravel_pytree
 
 from dgpg_jax import evaluate, memory, train
 from dgpg_jax.networks import policy_distribution
-from dgpg_jax.validation import check_choice, check_integer
+from dgpg_jax.validation import SEED_MAX, check_choice, check_integer
 
 TRACES = ("same", "independent")
 ESTIMATORS = ("shared", "guidance")
@@ -192,7 +192,7 @@ def measure(config: train.TrainConfig, rollouts: int = 64, seed: int = 0, actor=
     check_integer("rollouts", rollouts, minimum=4)
     baseline_rollouts = rollouts if baseline_rollouts is None else baseline_rollouts
     check_integer("baseline_rollouts", baseline_rollouts, minimum=1)
-    check_integer("seed", seed, minimum=0, maximum=2**32 - 1)
+    check_integer("seed", seed, minimum=0, maximum=SEED_MAX)
     check_choice("traces", traces, TRACES)
     learner = train.make_learner(config)
     run_key = evaluate.seed_keys(seed, 1)[0]

@@ -112,10 +112,10 @@ def evaluate_reference(task: Task, run_keys: jax.Array, num_episodes: int, first
 def evaluate_policies(policies: list[tuple[str, Act]], task: Task, run_keys: jax.Array, num_episodes: int,
                       first_episode: int = 0) -> list[dict]:
     """One row per (name, act) of metrics pooled over the seeds and episodes
-    (`task.pool`), all on the same traces, with `ratio_to_reference` (also under
-    `ratio_to_<reference_name>`): the pooled cost over the reference's on those traces. A
-    policy named like the reference (Best-Fit for cloud scheduling) is the reference;
-    otherwise `task.reference` is evaluated too.
+    (`task.pool`), all on the same traces, with N, the task's `sizes` and
+    `ratio_to_reference` (also under `ratio_to_<reference_name>`): the pooled cost over
+    the reference's on those traces. A policy named like the reference (Best-Fit for
+    cloud scheduling) is the reference; otherwise `task.reference` is evaluated too.
 
     All policies run in one compiled program: a `lax.map` over the policy index whose
     body picks the policy with `lax.switch` (a real branch, since the index is not
@@ -153,8 +153,8 @@ def evaluate_policies(policies: list[tuple[str, Act]], task: Task, run_keys: jax
     for name, m in zip(names, metrics):
         pooled = task.pool(m)
         ratio = pooled[task.cost_key] / reference_cost
-        rows.append({"policy": name, "num_agents": num_agents, "episodes": num_episodes, "seeds": seeds, **pooled,
-                     f"ratio_to_{task.reference_name}": ratio, "ratio_to_reference": ratio})
+        rows.append({"policy": name, "num_agents": num_agents, **task.sizes, "episodes": num_episodes, "seeds": seeds,
+                     **pooled, f"ratio_to_{task.reference_name}": ratio, "ratio_to_reference": ratio})
     return rows
 
 

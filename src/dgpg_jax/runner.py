@@ -8,7 +8,6 @@ over seeds); calls of K episodes give the same numbers as calls of any other len
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -16,10 +15,10 @@ from typing import Callable
 import jax
 import numpy as np
 
-from dgpg_jax import checkpoint, memory, trackers, train
+from dgpg_jax import checkpoint, memory, rundir, trackers, train
 from dgpg_jax.evaluate import episodes_to_converge, ratio_of_means, seed_keys
 from dgpg_jax.task import Task
-from dgpg_jax.validation import check_integer
+from dgpg_jax.validation import check_integer, check_seeds
 
 FINAL_WINDOW = 3  # episodes pooled for "final" figures, the same window as episodes_to_converge
 
@@ -65,26 +64,50 @@ class RunResult:
 def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: Path | None = None,
                  resume: Path | None = None, episodes_per_call: int = 1,
                  on_progress: Callable[[int, train.EpisodeLog], None] | None = None,
-                 log: str = "none") -> RunResult:
+                 log: str = "none", overwrite: bool = False) -> RunResult:
     """Train `num_seeds` seeds of `config`, `episodes_per_call` episodes per jitted call.
 
     With `resume`, continue the run saved there (same config but for num_episodes, same
-    seeds) up to config.num_episodes. With `out_dir`, write config.json, metrics.jsonl and
-    the checkpoint after every call. `on_progress(episodes_done, logs_so_far)` is called
-    after every call (progress bars). `log` (one of `trackers.TRACKERS`) also sends each
-    call's episodes to TensorBoard or W&B under out_dir/logs, one tracker run per seed."""
+    seeds) from its newest complete checkpoint up to config.num_episodes. With `out_dir`
+    (a `dgpg train` directory: `rundir.open_run`, locked while the run writes), write
+    config.json, then after every call metrics.jsonl and a checkpoint; a directory
+    holding a run is refused unless it is `resume` or `overwrite` is given (the old run's
+    files are then removed once the new run has compiled). `on_progress(episodes_done,
+    logs_so_far)` is called after every call (progress bars). `log` (one of
+    `trackers.TRACKERS`) also sends each call's episodes to TensorBoard or W&B under
+    out_dir/logs, one tracker run per seed. A file-system fault raises OSError naming the
+    path, with the last checkpoint and its metrics intact."""
     check_integer("episodes_per_call", episodes_per_call)
     trackers.check_tracker(log)
     if log != "none" and out_dir is None:
         raise ValueError(f"log={log!r} is invalid without an output directory: allowed 'none', or an out_dir")
-    learner = train.make_learner(config)
-    task = learner.task
+    learner = train.make_learner(config)  # the config validated first
+    check_seeds(num_seeds, seed, config.env.episode_rows)
+    resumed: list[train.EpisodeLog] = []  # the resumed run's logs, read before anything compiles
     if resume is not None:
-        checkpoint.check_resumable(checkpoint.load_config(resume), (config, seed, num_seeds))
-        if not (Path(resume) / "checkpoint").exists():
-            resume = None  # killed before its first checkpoint: the saved config starts afresh
-        else:
-            _check_resume_length(Path(resume), config.num_episodes)
+        start_episode = checkpoint.resume_point(Path(resume), (config, seed, num_seeds))
+        if start_episode:
+            resumed.append(read_metrics(Path(resume) / "metrics.jsonl", learner.task, num_seeds, start_episode))
+    if out_dir is None:
+        return _train(learner, seed, num_seeds, None, resume, resumed, False, episodes_per_call, on_progress, log)
+    continues = resume is not None and Path(resume).resolve() == Path(out_dir).resolve()
+    with rundir.open_run(out_dir, "train", continues, overwrite) as out_dir:
+        return _train(learner, seed, num_seeds, out_dir, resume, resumed, continues, episodes_per_call, on_progress,
+                      log)
+
+
+def _train(learner: train.Learner, seed: int, num_seeds: int, out_dir: Path | None, resume: Path | None,
+           parts: list[train.EpisodeLog], continues: bool, episodes_per_call: int,
+           on_progress: Callable | None, log: str) -> RunResult:
+    """`run_training` once its directory is open: `parts` holds the resumed episodes' logs."""
+    config, task = learner.config, learner.task
+    start_episode = parts[0].ratio_to_reference.shape[1] if parts else 0
+    if out_dir is not None:
+        try:  # a read-only checkpoint/ is refused now, not after compiling and training an episode
+            checkpoint.check_writable(out_dir)
+        except OSError as error:
+            raise ValueError(f"out={str(out_dir)!r} is invalid: {rundir.describe_os_error(error)}; allowed a "
+                             "writable directory") from None
     keys = seed_keys(seed, num_seeds)
     hyper = train.default_hyper(config)
     start = time.perf_counter()
@@ -108,15 +131,15 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
             memory.check_fits(compiled[count], what, hint)
         return compiled[count]
 
-    program(min(episodes_per_call, config.num_episodes))  # refuse an oversized run before it starts
+    program(min(episodes_per_call, config.num_episodes - start_episode) or 1)  # refuse an oversized run first
     runner = init(keys)
-    parts: list[train.EpisodeLog] = []
-    if resume is not None:
+    if start_episode:
         runner = checkpoint.load_runner(resume, runner)
-        parts.append(read_metrics(Path(resume) / "metrics.jsonl", task, num_seeds, int(runner.episode[0])))
     if out_dir is not None:
+        if not continues:
+            checkpoint.clear_run(out_dir)  # an overwritten run's files; nothing of it is mixed with this one
         checkpoint.save_config(out_dir, config, seed, num_seeds)
-    done = int(runner.episode[0])
+    done = start_episode
     sinks = [] if log == "none" else trackers.open_trackers(log, Path(out_dir) / "logs", [
         (f"seed_{s}", {**checkpoint.config_to_dict(config, seed, num_seeds), "run": s}) for s in range(num_seeds)])
     try:
@@ -128,26 +151,14 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
             stacked = _concatenate(parts)
             if sinks:  # before the checkpoint: a crash in between repeats points rather than losing them
                 trackers.write_episodes(sinks, log_columns(parts[-1], task), done - count, task.reference_name)
-            if out_dir is not None:
+            if out_dir is not None:  # metrics first: they always cover the newest checkpoint
                 write_metrics(Path(out_dir) / "metrics.jsonl", stacked, task)
-                checkpoint.save_runner(out_dir, runner)
+                checkpoint.save_runner(out_dir, runner, done)
             if on_progress is not None:
                 on_progress(done, stacked)
     finally:
         trackers.close_trackers(sinks)
     return RunResult(config, task, _concatenate(parts), runner, time.perf_counter() - start, compile_seconds)
-
-
-def _check_resume_length(run_dir: Path, num_episodes: int) -> None:
-    """The saved run's metrics exist and do not go past the episodes asked for."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise ValueError(f"resume directory {str(run_dir)!r} has no metrics.jsonl: allowed a directory written by "
-                         "`dgpg train`")
-    done = max((json.loads(line)["episode"] for line in path.read_text().splitlines() if line.strip()), default=0)
-    if done > num_episodes:
-        raise ValueError(f"num_episodes={num_episodes} is invalid for this resume: the run in {str(run_dir)!r} has "
-                         f"done {done}; allowed at least {done}")
 
 
 def _concatenate(parts: list[train.EpisodeLog]) -> train.EpisodeLog:
@@ -190,18 +201,6 @@ def log_from_columns(columns: dict[str, np.ndarray], task: Task) -> train.Episod
                             **{name: columns[_renamed(name, task)] for name in train.EpisodeLog._fields[2:]})
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: a process killed at any
-    instant leaves the old file or the new one, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_metrics(path: Path, logs: train.EpisodeLog, task: Task) -> None:
     """metrics.jsonl: one JSON object per (seed, episode), episodes 1-based, histograms as
     lists; replaced atomically."""
@@ -212,22 +211,38 @@ def write_metrics(path: Path, logs: train.EpisodeLog, task: Task) -> None:
         for e in range(episodes):
             row = {name: np.asarray(value[s, e]).tolist() for name, value in columns.items()}
             lines.append(json.dumps({"seed": s, "episode": e + 1, **row}) + "\n")
-    write_atomic(path, "".join(lines))
+    rundir.write_atomic(path, "".join(lines))
 
 
 def read_metrics(path: Path, task: Task, num_seeds: int, episodes: int) -> train.EpisodeLog:
-    """The first `episodes` episodes of every seed from a metrics.jsonl."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    rows = sorted((row for row in rows if row["episode"] <= episodes), key=lambda row: (row["seed"], row["episode"]))
-    if len(rows) != num_seeds * episodes:
+    """The first `episodes` episodes of every seed from a metrics.jsonl; ValueError naming
+    the file (and the line) when it is damaged or short."""
+    damaged = "allowed a metrics.jsonl written by `dgpg train`, or --overwrite (without --resume) to start again"
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            raise ValueError(f"resume: {path} line {number} is not valid JSON (a damaged file): {damaged}") from None
+        if row is not None and not (isinstance(row, dict) and {"seed", "episode"} <= set(row)):
+            raise ValueError(f"resume: {path} line {number} is not a metrics row: {damaged}")
+        if row is not None and row["episode"] <= episodes:
+            rows.append(row)
+    rows.sort(key=lambda row: (row["seed"], row["episode"]))
+    if [(row["seed"], row["episode"]) for row in rows] != [(s, e + 1) for s in range(num_seeds)
+                                                           for e in range(episodes)]:
         raise ValueError(f"resume: {path} holds {len(rows)} rows of the first {episodes} episodes: "
-                         f"allowed {num_seeds * episodes} ({num_seeds} seeds)")
-    columns = {}
-    for name in (name for name in rows[0] if name not in ("seed", "episode")):
-        values = np.array([row[name] for row in rows])  # JSON gives back the float32 values exactly
-        values = values.astype(np.int32 if values.dtype.kind == "i" else np.float32)
-        columns[name] = values.reshape((num_seeds, episodes) + values.shape[1:])
-    return log_from_columns(columns, task)
+                         f"allowed {num_seeds * episodes} ({num_seeds} seeds, each episode once); {damaged}")
+    try:
+        columns = {}
+        for name in (name for name in rows[0] if name not in ("seed", "episode")):
+            values = np.array([row[name] for row in rows])  # JSON gives back the float32 values exactly
+            values = values.astype(np.int32 if values.dtype.kind == "i" else np.float32)
+            columns[name] = values.reshape((num_seeds, episodes) + values.shape[1:])
+        return log_from_columns(columns, task)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"resume: {path} does not hold this task's metrics ({type(error).__name__}: {error}): "
+                         f"{damaged}") from None
 
 
 def json_safe(value):

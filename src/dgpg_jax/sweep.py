@@ -26,7 +26,12 @@ The directory holds sweep.json (the arguments, and the chunk size chosen per (al
 chunks/<algo>-n<N>-<index>.json (one per finished chunk, written atomically, its items
 in order), rows.jsonl (every chunk's rows:
 `pandas.read_json(DIR / "rows.jsonl", lines=True, precise_float=True)`), summary.json and
-final_ratio.png. A restarted sweep skips every chunk whose file exists.
+final_ratio.png. Each chunk file describes itself: a header line with the hash of the
+configuration that decides its rows (`chunk_hash`) and a checksum of the file, then its
+content. A restarted sweep skips every chunk whose file matches both; it moves every
+other chunk file (damaged, edited, of an earlier version or of another configuration)
+into chunks/stale/, names it, and runs that chunk again. DIR is locked while a sweep
+runs in it (`rundir.hold_lock`): a second sweep into it is refused, naming the first's PID.
 
 Several processes (`distributed.initialize`, one per host) run one sweep: the mesh spans
 every process's devices, each process writes the items on its own devices as
@@ -38,6 +43,7 @@ filesystem every process sees.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -51,10 +57,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgpg_jax import checkpoint, distributed, evaluate, memory, tasks, trackers, train
-from dgpg_jax.runner import (FINAL_WINDOW, json_safe, log_columns, metric_columns, metrics_from_columns,
-                             write_atomic)
-from dgpg_jax.validation import check, check_integer, is_integer, is_number
+from dgpg_jax import distributed, evaluate, memory, rundir, tasks, trackers, train
+from dgpg_jax.rundir import write_atomic
+from dgpg_jax.runner import FINAL_WINDOW, json_safe, log_columns, metric_columns, metrics_from_columns
+from dgpg_jax.validation import check, check_integer, check_seeds, is_integer, is_number
 
 GRID_NAMES = ("alpha", "alpha_start", "alpha_end", "learning_rate", "utilisation")
 """Traced values a grid may cover (`train.Hyper`); `alpha` sets alpha_start and alpha_end,
@@ -98,8 +104,8 @@ class Sweep:
         return self.base.num_episodes
 
     @property
-    def seed_values(self) -> list[int]:
-        return list(range(self.seed, self.seed + self.seeds))
+    def seed_values(self) -> range:
+        return range(self.seed, self.seed + self.seeds)
 
     def points(self) -> list[dict[str, float]]:
         """The grid points, {name: value}, in the cartesian order of the grid."""
@@ -135,10 +141,7 @@ class Sweep:
         check("num_agents", self.num_agents,
               len(self.num_agents) >= 1 and len(set(self.num_agents)) == len(self.num_agents)
               and all(is_integer(n) for n in self.num_agents), "a non-empty list of distinct integers")
-        check_integer("seeds", self.seeds)
-        check_integer("seed", self.seed, minimum=0, maximum=2**32 - 1)
-        check("seeds", self.seeds, self.seed + self.seeds - 1 <= 2**32 - 1,
-              f"at most {2**32 - self.seed} from seed {self.seed} (seeds are below 2^32)")
+        check_seeds(self.seeds, self.seed)  # a chunk holds as many runs as fit: no bound on their product
         if callable(self.base.potential):
             raise ValueError("potential is a function: a sweep saves its arguments; allowed a named potential")
         names = self.grid_names
@@ -345,22 +348,125 @@ def chunk_path(out_dir: Path, algo: str, n: int, index: int, process: int = 0, p
 
 
 _CHUNK_FILE = re.compile(r"^(?P<group>.+-n\d+)-(?P<index>\d+)(?:\.p(?P<part>\d+)of(?P<parts>\d+))?\.json$")
+STALE = "stale"
+"""Subdirectory of chunks/ where a restart moves the chunk files it cannot use."""
 
 
-def _complete_chunks(out_dir: Path) -> dict[tuple[str, int], list[Path]]:
-    """(group, index) -> the files of every finished chunk: its one file, or all P parts of
-    one process layout (part 0 first)."""
-    parts: dict[tuple[str, int, int], dict[int, Path]] = {}
+def chunk_hash(sweep: Sweep, algo: str, num_agents: int, chunk_seeds: int) -> str:
+    """The hash of everything that decides a chunk's rows: the task, the config, the grid,
+    the seeds, the episodes, the (algo, N) and the chunk size (which items chunk i holds)."""
+    return arguments_hash(sweep.arguments(None), algo, num_agents, chunk_seeds)
+
+
+def arguments_hash(arguments: dict, algo: str, num_agents: int, chunk_seeds: int) -> str:
+    """`chunk_hash` from a sweep's recorded arguments (`Sweep.arguments`, as in sweep.json)."""
+    fields = {key: arguments[key] for key in ("task", "grid", "seeds", "seed", "episodes", "config")}
+    text = json.dumps({**fields, "algo": algo, "num_agents": num_agents, "chunk_seeds": chunk_seeds}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _checksum(config_hash: str, body: str) -> str:
+    return hashlib.sha256(f"{config_hash}\n{body}".encode()).hexdigest()
+
+
+def write_chunk(path: Path, config_hash: str, doc: dict) -> None:
+    """A chunk file: a header line {"config_hash", "sha256"} (the checksum covers the hash
+    and the content), then the content line; written atomically."""
+    body = json.dumps(doc)
+    header = json.dumps({"config_hash": config_hash, "sha256": _checksum(config_hash, body)})
+    write_atomic(path, f"{header}\n{body}\n")
+
+
+def read_chunk(path: Path, config_hash: str | None = None) -> dict:
+    """The content of a chunk file; ValueError naming the file when it has no header (an
+    earlier version's or a damaged file), when its content does not match its checksum
+    (truncated or edited), or when it was written for another configuration than
+    `config_hash`."""
+    header_line, _, body = Path(path).read_text().partition("\n")
+    try:
+        header = json.loads(header_line)
+    except json.JSONDecodeError:
+        header = None
+    if not (isinstance(header, dict) and isinstance(header.get("config_hash"), str) and "sha256" in header):
+        raise ValueError(f"chunk {path} has no checksum header: it is damaged or was written by an earlier version")
+    body = body.removesuffix("\n")
+    if _checksum(header["config_hash"], body) != header["sha256"]:
+        raise ValueError(f"chunk {path} does not match its checksum: it is truncated or was edited")
+    if config_hash is not None and header["config_hash"] != config_hash:
+        raise ValueError(f"chunk {path} was written by another configuration (hash {header['config_hash']}, "
+                         f"this sweep's {config_hash})")
+    return json.loads(body)
+
+
+def _chunk_files(out_dir: Path) -> dict[tuple[str, int], dict[int, list[Path]]]:
+    """(group, index) -> {processes P: the part files of that layout, by part}."""
+    files: dict[tuple[str, int], dict[int, dict[int, Path]]] = {}
     for path in (Path(out_dir) / "chunks").glob("*.json"):
         match = _CHUNK_FILE.match(path.name)
         if match:
-            total = int(match["parts"] or 1)
-            parts.setdefault((match["group"], int(match["index"]), total), {})[int(match["part"] or 0)] = path
-    complete = {}
-    for (group, index, total), files in sorted(parts.items()):
-        if set(files) == set(range(total)) and (group, index) not in complete:
-            complete[(group, index)] = [files[p] for p in range(total)]
-    return complete
+            layout = files.setdefault((match["group"], int(match["index"])), {})
+            layout.setdefault(int(match["parts"] or 1), {})[int(match["part"] or 0)] = path
+    return {key: {total: [parts[p] for p in sorted(parts)] for total, parts in layouts.items()}
+            for key, layouts in files.items()}
+
+
+def _usable(files: list[Path], config_hash: str) -> str | None:
+    """None if every part file is a sound chunk of `config_hash`, else why not."""
+    for path in files:
+        try:
+            read_chunk(path, config_hash)
+        except ValueError as error:
+            return str(error)
+    return None
+
+
+def _classify(out_dir: Path, expected: dict[str, tuple[str, int]]) -> tuple[dict, list[tuple[Path, str]]]:
+    """The chunks of DIR this sweep can use, (group, index) -> part files (every part of
+    one process layout, part 0 first), and every other chunk file with the reason: damaged,
+    of an earlier version, of another configuration, or no chunk of this sweep.
+    `expected`: group -> (its config hash, its chunk count)."""
+    usable, unusable = {}, []
+    for (group, index), layouts in sorted(_chunk_files(out_dir).items()):
+        for total, files in sorted(layouts.items()):
+            if group not in expected or index >= expected[group][1]:
+                reason = f"chunk {files[0]} is no chunk of this sweep"
+            elif len(files) != total:
+                continue  # parts still being written by other processes, or a killed run's: redone in place
+            else:
+                reason = _usable(files, expected[group][0])
+            if reason is None and (group, index) not in usable:
+                usable[(group, index)] = files
+            elif reason is not None:
+                unusable += [(path, reason) for path in files]
+    return usable, unusable
+
+
+def _set_aside(out_dir: Path, unusable: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """Move each unusable chunk file into chunks/stale/ (kept, never read again), a
+    counter added to a name already there; returns (new path, reason) pairs."""
+    moved = []
+    for path, reason in unusable:
+        target = Path(out_dir) / "chunks" / STALE / path.name
+        target.parent.mkdir(exist_ok=True)
+        count = 1
+        while target.exists():
+            target = target.with_name(f"{path.stem}.{count}{path.suffix}")
+            count += 1
+        path.rename(target)
+        moved.append((target, reason))
+    return moved
+
+
+def _expected(sweep: Sweep, plans: dict) -> dict[str, tuple[str, int]]:
+    """group -> (config hash, chunk count) of the groups planned in sweep.json."""
+    total_items = len(sweep.points()) * sweep.seeds
+    out = {}
+    for algo, n in sweep.groups():
+        plan = plans.get(_group_name(algo, n))
+        if plan:
+            size = int(plan["chunk_seeds"])
+            out[_group_name(algo, n)] = (chunk_hash(sweep, algo, n, size), math.ceil(total_items / size))
+    return out
 
 
 # Config fields added since format 2, with the value that a sweep.json written before them meant.
@@ -377,7 +483,6 @@ def _with_added_fields(old: dict, new: dict) -> dict:
 def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> tuple[dict, bool]:
     """Create or reopen DIR; refuse other arguments. Returns sweep.json's content and
     whether this call created it."""
-    out_dir = checkpoint.prepare_run_dir(Path(out_dir))
     (out_dir / "chunks").mkdir(exist_ok=True)
     if distributed.is_main():  # another process's file may be in flight otherwise
         for stale in (out_dir / "chunks").glob(".*.tmp"):
@@ -404,12 +509,25 @@ def _open_dir(sweep: Sweep, out_dir: Path, chunk_seeds: int | None) -> tuple[dic
     return saved, True
 
 
-def read_chunks(out_dir: Path) -> list[dict]:
+def read_chunks(out_dir: Path, sweep: Sweep | None = None) -> list[dict]:
     """Every finished chunk of DIR (parts joined in process order, which is the mesh's and so
-    the items' order), in group order then index order."""
+    the items' order), in group order then index order. Each file is checked against its
+    checksum and, given the `sweep` that DIR holds, against the configuration hash of its
+    group (only that sweep's chunks are read): ValueError naming the first that fails."""
+    complete = {}
+    for key, layouts in _chunk_files(out_dir).items():
+        layout = next((files for total, files in sorted(layouts.items()) if len(files) == total), None)
+        if layout is not None:
+            complete[key] = layout
+    hashes: dict[str, str] = {}
+    if sweep is not None:
+        expected = _expected(sweep, json.loads((Path(out_dir) / "sweep.json").read_text())["plans"])
+        complete = {key: files for key, files in complete.items()
+                    if key[0] in expected and key[1] < expected[key[0]][1]}
+        hashes = {group: value[0] for group, value in expected.items()}
     docs = []
-    for files in _complete_chunks(out_dir).values():
-        parts = [json.loads(p.read_text()) for p in files]
+    for (group, _), files in sorted(complete.items()):
+        parts = [read_chunk(path, hashes.get(group)) for path in files]
         doc = dict(parts[0])
         for key in ("items", "rows", "final_metrics"):
             doc[key] = [x for part in parts for x in part[key]]
@@ -461,7 +579,8 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     choice is saved in sweep.json and reused by a restart. max_chunks: stop after running
     that many chunks (the rest stay to do). on_progress(event): called with
     {"event": "planned", "total", "skipped"} once, {"event": "compiling", "group"} before
-    each compile and {"event": "chunk", "group", "index", "done", "total"} after each chunk
+    each compile, {"event": "stale", "path", "reason"} for each chunk file set aside to be
+    run again, and {"event": "chunk", "group", "index", "done", "total"} after each chunk
     (this process's part of it) is written; groups run sorted by N. log: one of
     `trackers.TRACKERS`; each finished chunk's runs also go to TensorBoard or W&B under
     DIR/logs, one tracker run per (configuration, seed), named like
@@ -476,14 +595,20 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
     if max_chunks is not None:
         check_integer("max_chunks", max_chunks, minimum=0)
     check_integer("bootstrap_reps", bootstrap_reps)
-    out_dir = Path(out_dir)
+    with rundir.open_run(out_dir, "sweep", continues=True, lock=distributed.is_main()) as out_dir:
+        return _run(sweep, out_dir, chunk_seeds, max_chunks, on_progress or (lambda event: None), bootstrap_reps,
+                    log)
+
+
+def _run(sweep: Sweep, out_dir: Path, chunk_seeds: int | None, max_chunks: int | None,
+         notify: Callable[[dict], None], bootstrap_reps: int, log: str) -> dict:
+    """`run_sweep` in its checked and locked directory."""
     saved, fresh = _open_dir(sweep, out_dir, chunk_seeds)
     distributed.check_shared(out_dir)
     mesh = make_mesh()
     devices = mesh.devices.size
     process, processes = jax.process_index(), jax.process_count()
     total_items = len(sweep.points()) * sweep.seeds
-    notify = on_progress or (lambda event: None)
 
     groups = []
     for g, (algo, n) in enumerate(sweep.groups()):
@@ -508,10 +633,11 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
                     "memory": estimate}
         size = int(plan["chunk_seeds"])
         count = math.ceil(total_items / size)
-        done = {(name, i) for i in range(count)} & set(_complete_chunks(out_dir))
+        config_hash = chunk_hash(sweep, algo, n, size)
+        done = {key for key in _classify(out_dir, {name: (config_hash, count)})[0] if key[0] == name}
         # a chunk is left to do if any process misses it (they must all run the same programs)
         missing_chunks = distributed.gather(np.array([(name, i) not in done for i in range(count)])).any(axis=0)
-        group = {"algo": algo, "num_agents": n, "learner": learner, "index": g, "chunk_seeds": size,
+        group = {"algo": algo, "num_agents": n, "learner": learner, "index": g, "chunk_seeds": size, "hash": config_hash,
                  "batch": _round_up(size, devices), "chunks": count,
                  "todo": [i for i in range(count) if missing_chunks[i]], "plan": plan}
         if group["todo"]:  # refuse what cannot fit before anything runs (and before the plan is saved)
@@ -536,12 +662,16 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
             if distributed.is_main():
                 write_atomic(out_dir / "sweep.json", json.dumps(saved, indent=2) + "\n")
         groups.append(group)
+    stale = _set_aside(out_dir, _classify(out_dir, _expected(sweep, saved["plans"]))[1]) if distributed.is_main() else []
+    for path, reason in stale:
+        notify({"event": "stale", "path": str(path), "reason": reason})
     skipped = sum(group["chunks"] - len(group["todo"]) for group in groups)
     total = sum(group["chunks"] for group in groups)
     notify({"event": "planned", "total": total, "skipped": skipped})
 
     run, finished, start = 0, skipped, time.perf_counter()
-    key_data = np.stack([np.asarray(jax.random.key_data(evaluate.seed_keys(s, 1)[0])) for s in sweep.seed_values])
+    key_data = np.asarray(jax.jit(jax.vmap(lambda s: jax.random.key_data(evaluate.seed_keys(s, 1)[0])))(
+        np.arange(sweep.seed, sweep.seed + sweep.seeds, dtype=np.uint32)))  # seed s's run key, in one program
     sharding = _batch_sharding(mesh)
     reports = [None] * len(groups)
     references: dict[tuple[float, int], object] = {}  # (utilisation, seed index) -> reference metrics [E], one N
@@ -597,10 +727,10 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
                           "seed": sweep.seed_values[s]}) for p, s in (items[q] for q in positions)]
                 task = group["learner"].task
                 trackers.log_episodes(log, out_dir / "logs", log_columns(logs, task), 0, runs, task.reference_name)
-            write_atomic(chunk_path(out_dir, group["algo"], group["num_agents"], index, process, processes),
-                         json.dumps(doc) + "\n")
+            write_chunk(chunk_path(out_dir, group["algo"], group["num_agents"], index, process, processes),
+                        group["hash"], doc)
             if distributed.is_main():
-                _write_rows(out_dir, read_chunks(out_dir))
+                _write_rows(out_dir, read_chunks(out_dir, sweep))
             run += 1
             finished += 1
             report["chunks_run"] += 1
@@ -608,7 +738,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
             notify({"event": "chunk", "group": name, "index": index, "done": finished, "total": total})
 
     distributed.barrier("dgpg-sweep-done")  # every part written before the summary reads them
-    docs = read_chunks(out_dir)
+    docs = read_chunks(out_dir, sweep)
     done_chunks = len(docs)
     configurations = summarise(sweep, docs, bootstrap_reps)
     result = {"out": str(out_dir), "task": tasks.task_name(sweep.base.env),
@@ -616,6 +746,7 @@ def run_sweep(sweep: Sweep, out_dir: Path, chunk_seeds: int | None = None, max_c
               "complete": done_chunks == total, "seeds": sweep.seeds, "episodes": sweep.episodes,
               "final_window": min(FINAL_WINDOW, sweep.episodes), "grid": list(sweep.grid_names),
               "processes": processes, "wall_seconds": time.perf_counter() - start, "groups": reports,
+              "stale_chunks": [{"path": str(path), "reason": reason} for path, reason in stale],
               "configurations": configurations}
     result = json_safe(result)
     if distributed.is_main():

@@ -32,6 +32,7 @@ features. A Task supplies, as pure jittable functions:
 - `reference(params, episode_key) -> metrics`: the reference on the same episode (the
   same traces), and `cost_key`, the metric (lower is better) whose ratio to the
   reference's is the learner's headline figure `ratio_to_reference`.
+- optionally `sizes`, the system's sizes beyond N by name, which evaluation rows report.
 
 The config of a task (a frozen dataclass) has `validate()`, `make_task()`,
 `num_agents`, `horizon`, `num_slots` (J) and `peak_arrival_probability` (expected
@@ -78,6 +79,9 @@ class Task:
     """Field of the metrics (and key of `pool`) that is the cost, lower is better."""
     baselines: Mapping[str, Act]
     """Heuristic policies by name, for evaluation."""
+    sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """Sizes of the system beyond N (cloud scheduling: `num_servers`), added to every
+    evaluation row."""
     traced_load: str | None = None
     """Name of the params field set by `Hyper.utilisation` (a grid over load), or None."""
     exact_user_potentials: bool = True

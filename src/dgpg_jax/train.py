@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dgpg_jax import algorithms, evaluate, ppo
@@ -109,12 +110,38 @@ class TrainConfig:
 
 class Hyper(NamedTuple):
     """Traced values of a run: a grid over them is a vmap. `utilisation` sets the task's
-    traced load (`Task.traced_load`; unused by a task without one)."""
+    traced load (`Task.traced_load`; unused by a task without one). `init_runner` and
+    `train_episodes` check concrete values with `check_hyper`; values they receive as
+    tracers (a Hyper passed through jit or vmap) are the caller's to check with
+    `check_hyper` on the host first."""
 
     alpha_start: jax.Array
     alpha_end: jax.Array
     learning_rate: jax.Array
     utilisation: jax.Array
+
+
+def check_hyper(hyper: Hyper, learner: Learner) -> Hyper:
+    """Raise ValueError naming the first field of `hyper` out of range and its first bad
+    element (of a batched grid, with its index): alphas in [0, 1], a learning rate > 0 and
+    finite in float32, a load the task's config accepts (its `validate` with that load).
+    Tracers are skipped: their values exist only when the program runs."""
+    load, env = learner.task.traced_load, learner.config.env
+    checked_loads = {float(np.float32(getattr(env, load)))} if load else set()  # the config's own passed validate
+    for name, value in hyper._asdict().items():
+        if isinstance(value, jax.core.Tracer) or (name == "utilisation" and not load):
+            continue
+        array = np.asarray(value, np.float32)
+        for index, element in np.ndenumerate(array):
+            label, element = name + (str(list(index)) if array.ndim else ""), float(element)
+            if name == "learning_rate":
+                check_number(label, element, 0, low_open=True)
+            elif name != "utilisation":
+                check_number(label, element, 0, 1)
+            elif element not in checked_loads:
+                dataclasses.replace(env, **{load: element}).validate()
+                checked_loads.add(element)
+    return hyper
 
 
 def default_hyper(config: TrainConfig) -> Hyper:
@@ -196,8 +223,9 @@ def _task(learner: Learner, hyper: Hyper) -> Task:
 
 
 def init_runner(learner: Learner, run_key: jax.Array, hyper: Hyper) -> RunnerState:
-    """Fresh networks, optimiser and value normaliser for one run key."""
-    task = _task(learner, hyper)
+    """Fresh networks, optimiser and value normaliser for one run key (`hyper` checked
+    first, see `check_hyper`)."""
+    task = _task(learner, check_hyper(hyper, learner))
     init_key = jax.random.split(run_key)[0]
     actor_key, critic_key = jax.random.split(init_key)
     obs, state = task.reset(jax.random.key(0), task.params)  # any state: only the shapes matter
@@ -489,7 +517,9 @@ def train_episodes(learner: Learner, runner: RunnerState, run_key: jax.Array, hy
     """Continue a run by `num_episodes` episodes; logs have a leading [num_episodes] axis.
     Several calls of fewer episodes give the same result as one call over all of them.
     `reference`: `reference_metrics` of these episodes when the caller already has it
-    (a sweep shares it between runs on the same traces); computed here otherwise."""
+    (a sweep shares it between runs on the same traces); computed here otherwise. `hyper`
+    is checked first (`check_hyper`)."""
+    check_hyper(hyper, learner)
     if reference is None:
         reference = reference_metrics(learner, run_key, hyper, runner.episode, num_episodes)
     runner, logs = jax.lax.scan(lambda r, _: _run_episode(learner, run_key, hyper, r), runner, None,

@@ -13,6 +13,7 @@ from dgpg_jax.env import arrivals
 from dgpg_jax.env.dynamics import dispatch, serve
 from dgpg_jax.env.observation import job_observation
 from dgpg_jax.env.types import EnvParams, EnvState, service_rate
+from dgpg_jax.validation import check
 
 
 def _initial_state(key: jax.Array, params: EnvParams) -> EnvState:
@@ -38,8 +39,12 @@ def step(key: jax.Array, state: EnvState, actions: jax.Array, params: EnvParams)
     Returns (obs, state, reward, done, info). `reward` is minus the summed response time
     (in mean job times) of this step's jobs over N, rejected jobs at the penalty. `done`
     is True at the horizon, which is a truncation: `info["truncated"]` is True and
-    `info["terminated"]` always False.
+    `info["terminated"]` always False. Actions of a shape other than (J,) raise ValueError
+    when traced.
     """
+    j = params.num_slots
+    check("actions.shape", jnp.shape(actions), jnp.shape(actions) == (j,),
+          f"(J,) = ({j},), one server index per job slot")
     mu = service_rate(params)
     jobs = state.jobs
     scale = params.mean_job_steps

@@ -54,11 +54,12 @@ def potentials(decisions: str) -> dict:
 
 def make_task(config: EnvConfig) -> Task:
     """The cloud-scheduling Task of a validated `config`."""
+    params = make_params(config)
     return Task(
-        name="cloud-scheduling", params=make_params(config), reset=reset, step=step, observe=job_observation,
+        name="cloud-scheduling", params=params, reset=reset, step=step, observe=job_observation,
         valid=lambda state: state.jobs.valid, agent=lambda state: state.jobs.agent, to_actions=to_servers, critic_inputs=server_observation,
         clock=lambda state, params: day_left(params, state.time), guidance=step_guidance,
         potentials=potentials(config.decisions), record=_record, summarise=summarise, pool=pool,
         reference=best_fit_metrics, reference_name="best_fit", cost_key="mean_response_time",
-        baselines=baselines.BASELINES, traced_load="utilisation",
+        baselines=baselines.BASELINES, sizes={"num_servers": params.num_servers}, traced_load="utilisation",
         decide=DECIDE.get(config.decisions))

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from dgpg_jax.env.fleet import FLEETS, fleet_capacity
-from dgpg_jax.validation import check, check_choice, check_integer, check_number
+from dgpg_jax.validation import (MAX_AGENTS, MAX_HORIZON, MAX_SERVERS, check, check_choice, check_episode_rows,
+                                 check_integer, check_number)
 
 CANDIDATE_SAMPLING = ("capacity", "uniform")
 DECISIONS = ("simultaneous", "in_turn", "tentative")
@@ -82,12 +83,15 @@ class EnvConfig:
 
     def validate(self) -> "EnvConfig":
         """Raise ValueError naming the first invalid field, its value and the allowed range."""
-        check_integer("num_agents", self.num_agents)
+        check_integer("num_agents", self.num_agents, 1, MAX_AGENTS)
         check_number("servers_per_agent", self.servers_per_agent, 0, low_open=True)
+        check("servers_per_agent", self.servers_per_agent, self.num_servers <= MAX_SERVERS,
+              f"at most {MAX_SERVERS / self.num_agents:g} at num_agents={self.num_agents} "
+              f"(M = ceil(servers_per_agent x N) <= {MAX_SERVERS})")
         check_integer("num_candidates", self.num_candidates)
         check_choice("candidate_sampling", self.candidate_sampling, CANDIDATE_SAMPLING)
         check_choice("fleet", self.fleet, FLEETS)
-        check_integer("horizon", self.horizon)
+        check_integer("horizon", self.horizon, 1, MAX_HORIZON)
         check_number("mean_job_steps", self.mean_job_steps, 0, low_open=True)
         check_number("utilisation", self.utilisation, 0, 1.5, low_open=True)
         check_number("diurnal_amplitude", self.diurnal_amplitude, 0, 1, high_open=True)
@@ -115,6 +119,7 @@ class EnvConfig:
                 f"servers_per_agent={self.servers_per_agent}, mean_job_steps={self.mean_job_steps}, "
                 f"diurnal_amplitude={self.diurnal_amplitude}, burst_factor={self.burst_factor} give more than one "
                 "job per agent per step; raise mean_job_steps or servers_per_agent, or lower the others")
+        check_episode_rows(self.horizon, self.num_slots, min(self.num_candidates, self.num_servers))
         return self
 
     def make_task(self):
@@ -142,6 +147,11 @@ class EnvConfig:
         """Job rows materialised per step: N p + 6 sigma + 4 at the peak rate, at most N."""
         n, p = self.num_agents, min(1.0, self.peak_arrival_probability)
         return min(n, math.ceil(n * p + 6 * math.sqrt(n * p * (1 - p)) + 4))
+
+    @property
+    def episode_rows(self) -> int:
+        """T x J x k candidate rows of one episode (`validation.check_seeds` bounds seeds x them)."""
+        return self.horizon * self.num_slots * min(self.num_candidates, self.num_servers)
 
 
 @struct.dataclass

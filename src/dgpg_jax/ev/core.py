@@ -16,7 +16,6 @@ Spec of one day (T slots of dt = 24 / T hours, slot 0 at `day_start_hour`):
   False). Nothing carries over: the next day is drawn from the key of the last step.
 """
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -25,11 +24,17 @@ from dgpg_jax.ev.cost import slot_cost, undelivered_cost
 from dgpg_jax.ev.observation import candidate_observation
 from dgpg_jax.ev.types import Arrivals, EVParams, EVState
 from dgpg_jax.ev.windows import commit_windows
+from dgpg_jax.validation import check
 
 
 def resolve_actions(arrivals: Arrivals, actions: jax.Array, num_candidates: int):
     """(J,) chosen candidate, its window start, and whether the action was out of range.
-    An out-of-range action on a valid row becomes candidate 0 (charge on arrival)."""
+    An out-of-range action on a valid row becomes candidate 0 (charge on arrival); actions
+    of a shape other than (J,) raise ValueError when traced (every entry taking actions,
+    `step_env` and the guidance, comes through here)."""
+    j = arrivals.valid.shape[0]
+    check("actions.shape", jnp.shape(actions), jnp.shape(actions) == (j,),
+          f"(J,) = ({j},), one candidate index per decision row")
     invalid = arrivals.valid & ((actions < 0) | (actions >= num_candidates))
     choice = jnp.where(arrivals.valid & ~invalid, actions, 0).astype(jnp.int32)
     start = jnp.take_along_axis(arrivals.candidate_start, choice[:, None], axis=1)[:, 0]
@@ -61,7 +66,6 @@ def reset(key: jax.Array, params: EVParams) -> tuple[jax.Array, EVState]:
 def step_env(state: EVState, actions: jax.Array, params: EVParams):
     """One step without the auto-reset: (obs, state, reward, done, info); at the end of the
     day the returned state has time T and no arrivals. O(J k + T)."""
-    chex.assert_shape(actions, (params.num_slots,))
     rows = state.arrivals
     day = state.day
     t = state.time

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from dgpg_jax.validation import check, check_integer, check_number, is_number
+from dgpg_jax.validation import MAX_AGENTS, check, check_episode_rows, check_integer, check_number, is_number
 
 HOURS_PER_DAY = 24.0
 MAX_HORIZON = 1440  # one-minute slots
@@ -79,7 +79,7 @@ class EVConfig:
 
     def validate(self) -> "EVConfig":
         """Raise ValueError naming the first invalid field, its value and the allowed range."""
-        check_integer("num_agents", self.num_agents)
+        check_integer("num_agents", self.num_agents, 1, MAX_AGENTS)
         check_integer("horizon", self.horizon, 2, MAX_HORIZON)
         check_number("day_start_hour", self.day_start_hour, 0, HOURS_PER_DAY, high_open=True)
         check_integer("num_candidates", self.num_candidates, 1, MAX_CANDIDATES)
@@ -108,6 +108,7 @@ class EVConfig:
         check_number("undelivered_penalty", self.undelivered_penalty, 0, 1e6)
         check_number("overload_weight", self.overload_weight, 0, 1e6)
         check_number("capacity_per_agent", self.capacity_per_agent, 0, 1e4, low_open=True)
+        check_episode_rows(self.horizon, self.num_slots, self.num_candidates)
         return self
 
     def make_task(self):
@@ -132,6 +133,11 @@ class EVConfig:
             return self.decision_slots
         n, p = self.num_agents, self.peak_arrival_probability
         return min(n, math.ceil(n * p + 6 * math.sqrt(n * p * (1 - p)) + 4))
+
+    @property
+    def episode_rows(self) -> int:
+        """T x J x k candidate rows of one episode (`validation.check_seeds` bounds seeds x them)."""
+        return self.horizon * self.num_slots * self.num_candidates
 
 
 def hours_after_start(clock_hour: float, day_start_hour: float) -> float:
