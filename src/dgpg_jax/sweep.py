@@ -470,7 +470,7 @@ def _expected(sweep: Sweep, plans: dict) -> dict[str, tuple[str, int]]:
 
 
 # Config fields added since format 2, with the value that a sweep.json written before them meant.
-ADDED_FIELDS = {"env.decisions": "simultaneous"}
+ADDED_FIELDS = {"env.decisions": "simultaneous", "env.fleet": "catalog"}
 
 
 def _with_added_fields(old: dict, new: dict) -> dict:
