@@ -79,7 +79,7 @@ class EnvConfig:
     as a dispatcher that receives jobs one by one) or tentative (every job picks once on
     the step-start queues, then again seeing the others' first picks; the second counts).
     The dynamics are the same. In turn is the default: a learned policy beats Best-Fit
-    only there (README, results); the paper's rule is simultaneous."""
+    only there (docs/results.md); the paper's rule is simultaneous."""
 
     def validate(self) -> "EnvConfig":
         """Raise ValueError naming the first invalid field, its value and the allowed range."""
