@@ -21,7 +21,7 @@ from pathlib import Path
 
 import machine
 from dgpg_jax import memory, train
-from dgpg_jax.env import EnvConfig
+from dgpg_jax.tasks.cloud import EnvConfig
 from training import timed_run
 
 RESULTS = Path(__file__).parent / "results"

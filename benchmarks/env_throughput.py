@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgpg_jax import baselines, env
-from dgpg_jax.env import NUM_JOB_FEATURES, EnvConfig, make_params
+from dgpg_jax.tasks import cloud as env
+from dgpg_jax.tasks.cloud import baselines
+from dgpg_jax.tasks.cloud import NUM_JOB_FEATURES, EnvConfig, make_params
 from numpy_env import NumpyEnv, rollout
 
 PRNG_IMPLS = ("threefry2x32", "rbg")

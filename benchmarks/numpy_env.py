@@ -1,6 +1,6 @@
 """The cloud-scheduling env step in NumPy, batched over seeds, for the throughput benchmark.
 
-The same model as `dgpg_jax.env` (without bursts or the memoryless option), written the way
+The same model as `dgpg_jax.tasks.cloud` (without bursts or the memoryless option), written the way
 a NumPy user would: arrays with a leading seed axis, every step vectorised over seeds,
 agents, jobs and candidates, a Python loop only over time. All seeds share one generator and
 one clock. Not bit-identical to JAX (other random numbers), same cost structure: Bernoulli
@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from dgpg_jax.env import NUM_JOB_FEATURES, EnvConfig, make_params
+from dgpg_jax.tasks.cloud import NUM_JOB_FEATURES, EnvConfig, make_params
 
 F32 = np.float32
 
@@ -118,7 +118,7 @@ class NumpyEnv:
 
     def step(self, actions: np.ndarray):
         """Dispatch this step's jobs to servers `actions` (S, J), serve one step, draw the next
-        jobs. Returns (obs, reward, truncated, info) like `dgpg_jax.env.step`, info trimmed."""
+        jobs. Returns (obs, reward, truncated, info) like `dgpg_jax.tasks.cloud.step`, info trimmed."""
         target = np.where(self.valid, actions, self.m)
         ahead = self.work_ahead(target, self.size)
         finish_work = np.take_along_axis(self.backlog, actions, axis=1) + ahead + self.size
@@ -145,7 +145,7 @@ class NumpyEnv:
 
     def reference_share(self) -> np.ndarray:
         """(M,) utilisation of each server under the delay-optimal split of the expected work rate
-        (square-root rule with water filling, as `dgpg_jax.analytical.reference_split`)."""
+        (square-root rule with water filling, as `dgpg_jax.tasks.cloud.analytical.reference_split`)."""
         rate = self.n * self.arrival_probability()
         if rate >= self.mu_cumsum[-1]:
             return np.ones(self.m, F32)

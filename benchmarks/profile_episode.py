@@ -34,7 +34,7 @@ import numpy as np
 from dgpg_jax import evaluate, train
 from machine import describe
 from dgpg_jax.cli import PRESETS
-from dgpg_jax.env import EnvConfig
+from dgpg_jax.tasks.cloud import EnvConfig
 
 RESULTS = Path(__file__).parent / "results"
 

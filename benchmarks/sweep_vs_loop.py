@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 
 from dgpg_jax import runner, sweep, train
-from dgpg_jax.env import EnvConfig
+from dgpg_jax.tasks.cloud import EnvConfig
 from machine import describe
 
 RESULTS = Path(__file__).parent / "results"

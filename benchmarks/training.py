@@ -35,7 +35,7 @@ import numpy as np
 import machine
 from dgpg_jax import memory, runner, train
 from dgpg_jax.cli import PRESETS
-from dgpg_jax.env import EnvConfig
+from dgpg_jax.tasks.cloud import EnvConfig
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from dgpg_jax import train
-from dgpg_jax.env import EnvConfig
+from dgpg_jax.tasks.cloud import EnvConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
@@ -142,7 +142,7 @@ def baseline_rows(env_config, policies, seeds: int, episodes: int) -> list[dict]
     import jax
 
     from dgpg_jax import evaluate
-    from dgpg_jax.baselines import BASELINES
+    from dgpg_jax.tasks.cloud.baselines import BASELINES
     from dgpg_jax.runner import FINAL_WINDOW
 
     window = min(FINAL_WINDOW, episodes)

@@ -22,8 +22,8 @@ import numpy as np
 
 from common import ROOT, append_jsonl, experiment_parser, read_jsonl
 from dgpg_jax import runner, train
-from dgpg_jax.env import EnvConfig
-from dgpg_jax.guidance import make_congestion_potential
+from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax.tasks.cloud.guidance import make_congestion_potential
 
 OUT = ROOT / "results" / "decision_modes"
 # (N, algo, decisions, potential name, congestion discount or None)

@@ -17,7 +17,7 @@ import numpy as np
 
 from common import ROOT, experiment_parser, pyplot, read_jsonl as read_rows, save_figure, write_json
 from dgpg_jax import evaluate, runner, train
-from dgpg_jax.ev import EVConfig
+from dgpg_jax.tasks.ev import EVConfig
 
 OUT = ROOT / "results" / "ev_charging"  # --out
 FIGURES = ROOT / "docs"  # --figures

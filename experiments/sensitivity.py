@@ -19,7 +19,7 @@ from pathlib import Path
 from common import (ROOT, SETTINGS, experiment_parser, parse_settings, run_sweep, save_figure, setting_panels,
                     sweep_table, write_json)
 from dgpg_jax import sweep
-from dgpg_jax.guidance import POTENTIALS
+from dgpg_jax.tasks.cloud.guidance import POTENTIALS
 
 OUT = ROOT / "results" / "sensitivity"
 FIGURES = ROOT / "docs"

@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from dgpg_jax import env  # noqa: E402
+from dgpg_jax.tasks import cloud as env  # noqa: E402
 
 settings.register_profile("fast", max_examples=8, deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

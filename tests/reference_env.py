@@ -2,7 +2,7 @@
 
 Written from the rules in docs/environment.md, job by job in slot (agent) order, with
 Python floats (double precision) and lists: no JAX, no prefix sums, no sorting. Used as
-the oracle for `dgpg_jax.env.step` in tests/test_env.py.
+the oracle for `dgpg_jax.tasks.cloud.step` in tests/test_env.py.
 
 Rules of one step:
 - Job i (size w_i) goes to server s_i. Each server keeps `ahead_s`, the work sent to it

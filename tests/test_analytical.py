@@ -37,8 +37,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import optimize
 
-from dgpg_jax.analytical import reference_share, reference_split, water_level
-from dgpg_jax.env import fleet_capacity
+from dgpg_jax.tasks.cloud.analytical import reference_share, reference_split, water_level
+from dgpg_jax.tasks.cloud import fleet_capacity
 
 F32_RTOL_OF_CAPACITY = 1e-5  # |x - x*| <= this * mu_j (float32 measured worst 1.8e-6)
 F64_RTOL_OF_RATE = 1e-9  # x64 mode vs the dual oracle (measured worst 8e-13)

@@ -24,8 +24,9 @@ import jax
 import numpy as np
 import pytest
 
-from dgpg_jax import baselines, evaluate
-from dgpg_jax.env import EnvConfig, make_params
+from dgpg_jax import evaluate
+from dgpg_jax.tasks.cloud import baselines
+from dgpg_jax.tasks.cloud import EnvConfig, make_params
 
 NUM_SEEDS, NUM_EPISODES = 2, 1
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dgpg_jax import analytical, baselines, env
-from dgpg_jax.env import arrivals
+from dgpg_jax.tasks import cloud as env
+from dgpg_jax.tasks.cloud import analytical, baselines
+from dgpg_jax.tasks.cloud import arrivals
 
 CAPACITY = (0.5, 0.5, 0.75, 1.0, 1.0, 1.25, 1.5, 1.5)
 NUM_KEYS = 5000

@@ -1,4 +1,4 @@
-"""Tests of the heuristic dispatch policies (dgpg_jax.baselines): the output contract, a
+"""Tests of the heuristic dispatch policies (dgpg_jax.tasks.cloud.baselines): the output contract, a
 hand-worked Best-Fit placement, and their ranking at N = 200 on common random numbers."""
 
 import functools
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_params
-from dgpg_jax import baselines, env, evaluate
+from dgpg_jax import evaluate
+from dgpg_jax.tasks import cloud as env
+from dgpg_jax.tasks.cloud import baselines
 
 CANDIDATE_SCOPED = ("random", "jsq", "softmin", "power_of_d", "bestfit_k", "greedy_k", "greedy_k_simultaneous")
 RANDOMISED = ("random", "capacity", "softmin", "power_of_d", "static_split")

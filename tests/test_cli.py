@@ -194,7 +194,7 @@ def test_alpha_flag_sets_the_schedule():
 def test_compare_trains_evaluates_and_writes_one_table(tmp_path, capsys):
     """The whole `dgpg compare`: each algorithm trained, every baseline evaluated on the
     final episodes' traces, one JSON row each, the plot and summary.json written."""
-    from dgpg_jax.baselines import BASELINES
+    from dgpg_jax.tasks.cloud.baselines import BASELINES
 
     out_dir = tmp_path / "compare"
     argv = ["compare", "--algos", "dgpg", "--num-agents", "5", "--horizon", "20", "--updates-per-episode", "2",

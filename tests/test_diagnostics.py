@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from dgpg_jax import cli, diagnostics, evaluate, train
-from dgpg_jax.env import EnvConfig
-from dgpg_jax.ev import EVConfig
+from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax.tasks.ev import EVConfig
 from dgpg_jax.networks import policy_distribution
 from conftest import at_once
 

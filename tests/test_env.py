@@ -1,4 +1,4 @@
-"""Tests of the cloud-scheduling environment (dgpg_jax.env): hand-worked steps, an
+"""Tests of the cloud-scheduling environment (dgpg_jax.tasks.cloud): hand-worked steps, an
 independent plain-Python oracle, queueing theory, invariants on random configs, the
 Gymnax-style contract (shapes, dtypes, horizon, jit/vmap/retracing), and input checks."""
 
@@ -15,8 +15,8 @@ from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY_CONFIG
-from dgpg_jax import env
-from dgpg_jax.env import arrivals
+from dgpg_jax.tasks import cloud as env
+from dgpg_jax.tasks.cloud import arrivals
 from reference_env import reference_step
 
 jit_step = jax.jit(env.step)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dgpg_jax import env
-from dgpg_jax.env import arrivals
+from dgpg_jax.tasks import cloud as env
+from dgpg_jax.tasks.cloud import arrivals
 
 F64 = np.float64
 jit_reset = jax.jit(env.reset)

@@ -1,4 +1,4 @@
-"""Tests of the EV-charging domain (dgpg_jax.ev): valley filling against scipy, window
+"""Tests of the EV-charging domain (dgpg_jax.tasks.ev): valley filling against scipy, window
 commitments against a slot-by-slot NumPy replay, energy balance, guidance against a hand
 computation and a brute-force recomputation of the potential, common random numbers,
 the ranking of the baselines against the reference, config validation, jit + vmap.
@@ -26,12 +26,13 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from dgpg_jax import evaluate, ev, runner, train
+from dgpg_jax import evaluate, runner, train
+from dgpg_jax.tasks import ev
 from dgpg_jax.evaluate import seed_keys
-from dgpg_jax.ev.arrivals import pack_arrivals
-from dgpg_jax.ev.evaluate import rollout, summarise
-from dgpg_jax.ev.guidance import LoadAggregates, potential_target, tracking_potential, window_guidance
-from dgpg_jax.ev.types import arrival_slot_probabilities_host
+from dgpg_jax.tasks.ev.arrivals import pack_arrivals
+from dgpg_jax.tasks.ev.evaluate import rollout, summarise
+from dgpg_jax.tasks.ev.guidance import LoadAggregates, potential_target, tracking_potential, window_guidance
+from dgpg_jax.tasks.ev.types import arrival_slot_probabilities_host
 
 DEFAULT = ev.EVConfig(num_agents=50)
 # Overflowing rows (J = 3), short stays (departures near 21:00 give undelivered energy),

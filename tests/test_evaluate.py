@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from dgpg_jax import evaluate
-from dgpg_jax.env import metrics as cloud_metrics
-from dgpg_jax.env.metrics import (BINS_PER_DECADE, NUM_BINS, EpisodeMetrics, StepRecord, histogram_percentiles,
+from dgpg_jax.tasks.cloud import metrics as cloud_metrics
+from dgpg_jax.tasks.cloud.metrics import (BINS_PER_DECADE, NUM_BINS, EpisodeMetrics, StepRecord, histogram_percentiles,
                                   pool, response_time_histogram, summarise)
 from conftest import at_once
 
@@ -121,7 +121,7 @@ def test_seed_batches_give_the_same_metrics():
     rounding (a batch of another size is compiled differently)."""
     import jax
 
-    from dgpg_jax import baselines
+    from dgpg_jax.tasks.cloud import baselines
 
     task = at_once(num_agents=5, horizon=20).make_task()
     keys = evaluate.seed_keys(0, 4)
@@ -157,7 +157,8 @@ def test_per_run_actors_equal_evaluating_each_seed_alone():
 
 
 def test_a_request_too_big_for_memory_is_refused_with_the_estimate(monkeypatch):
-    from dgpg_jax import baselines, memory
+    from dgpg_jax import memory
+    from dgpg_jax.tasks.cloud import baselines
 
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: 1000)
     task = at_once(num_agents=5, horizon=20).make_task()

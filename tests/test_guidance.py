@@ -28,11 +28,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dgpg_jax import algorithms, env, train
+from dgpg_jax import algorithms, train
+from dgpg_jax.tasks import cloud as env
 from dgpg_jax.algorithms import centred_guidance, normalise
-from dgpg_jax.env.dynamics import server_totals
-from dgpg_jax.guidance import POTENTIALS, Aggregates, make_aggregates, make_congestion_potential
-from dgpg_jax.guidance import candidate_guidance as eager_guidance
+from dgpg_jax.tasks.cloud.dynamics import server_totals
+from dgpg_jax.tasks.cloud.guidance import POTENTIALS, Aggregates, make_aggregates, make_congestion_potential
+from dgpg_jax.tasks.cloud.guidance import candidate_guidance as eager_guidance
 from dgpg_jax.networks import Actor
 from conftest import at_once
 

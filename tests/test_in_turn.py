@@ -16,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgpg_jax import baselines, env, train
-from dgpg_jax.env.dynamics import earlier_work
-from dgpg_jax.env.observation import current_reference_share
-from dgpg_jax.guidance import POTENTIALS, make_aggregates
+from dgpg_jax import train
+from dgpg_jax.tasks import cloud as env
+from dgpg_jax.tasks.cloud import baselines
+from dgpg_jax.tasks.cloud.dynamics import earlier_work
+from dgpg_jax.tasks.cloud.observation import current_reference_share
+from dgpg_jax.tasks.cloud.guidance import POTENTIALS, make_aggregates
 
 IN_TURN = env.EnvConfig(num_agents=200, decisions="in_turn")
 

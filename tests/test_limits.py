@@ -19,9 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dgpg_jax import env, ev, evaluate, train, validation
-from dgpg_jax.env import EnvConfig
-from dgpg_jax.ev import EVConfig
+from dgpg_jax import evaluate, train, validation
+from dgpg_jax.tasks import cloud as env
+from dgpg_jax.tasks import ev
+from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax.tasks.ev import EVConfig
 from dgpg_jax.validation import MAX_AGENTS, MAX_HORIZON, MAX_SEEDS, SEED_MAX, check_seeds
 from conftest import at_once
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dgpg_jax import evaluate, runner, train
-from dgpg_jax.baselines import BASELINES
+from dgpg_jax.tasks.cloud.baselines import BASELINES
 from conftest import at_once
 
 STORED = json.loads((Path(__file__).parent / "data" / "cloud_figures.json").read_text())

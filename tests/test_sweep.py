@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from dgpg_jax import cli, runner, sweep, train
-from dgpg_jax.ev import EVConfig
+from dgpg_jax.tasks.ev import EVConfig
 from conftest import at_once
 
 BASE = train.TrainConfig(env=at_once(num_agents=20, horizon=20, mean_job_steps=0.6), num_episodes=2,

@@ -132,7 +132,7 @@ def test_tensorboard_second_call_appends_later_episodes(tmp_path):
 def test_tensorboard_with_real_log_columns(tmp_path):
     """Every scalar of a real EpisodeLog gets a tag; the histograms do not."""
     from dgpg_jax import runner, train
-    from dgpg_jax.env.metrics import NUM_BINS, EpisodeMetrics
+    from dgpg_jax.tasks.cloud.metrics import NUM_BINS, EpisodeMetrics
 
     def metrics(offset):
         fields = {f.name: np.full((1, 2), offset + i, np.float32)
@@ -156,8 +156,8 @@ def test_tensorboard_with_real_log_columns(tmp_path):
 def test_ev_charging_reference_tagged_valley(tmp_path):
     """EV charging's reference columns (valley_*) go under "valley/", not "train/"."""
     from dgpg_jax import runner, train
-    from dgpg_jax.ev import EVConfig
-    from dgpg_jax.ev.evaluate import EpisodeMetrics
+    from dgpg_jax.tasks.ev import EVConfig
+    from dgpg_jax.tasks.ev.evaluate import EpisodeMetrics
 
     def metrics(offset):
         return EpisodeMetrics(**{f.name: np.full((1, 2), offset + i, np.float32)

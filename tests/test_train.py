@@ -32,9 +32,10 @@ import numpy as np
 import pytest
 from jax.experimental import checkify
 
-from dgpg_jax import baselines, checkpoint, cli, evaluate, runner, train
-from dgpg_jax.env import job_observation, make_params, reset, service_rate
-from dgpg_jax.env.metrics import histogram_percentiles
+from dgpg_jax import checkpoint, cli, evaluate, runner, train
+from dgpg_jax.tasks.cloud import baselines
+from dgpg_jax.tasks.cloud import job_observation, make_params, reset, service_rate
+from dgpg_jax.tasks.cloud.metrics import histogram_percentiles
 from dgpg_jax.evaluate import seed_keys
 from conftest import at_once
 
@@ -523,7 +524,7 @@ def test_vmapped_init_has_no_batched_lapack_call():
 VMAP_SCRIPT = """
 import json, jax, numpy as np
 from dgpg_jax import train
-from dgpg_jax.env import EnvConfig
+from dgpg_jax.tasks.cloud import EnvConfig
 from dgpg_jax.evaluate import seed_keys
 config = train.TrainConfig(env=EnvConfig(decisions="simultaneous", num_agents=5, horizon=20), num_episodes=1, updates_per_episode=2)
 _, logs = jax.jit(jax.vmap(train.make_train(config)))(seed_keys(0, 2))

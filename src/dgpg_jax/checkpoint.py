@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from dgpg_jax import rundir, tasks
+from dgpg_jax import rundir, registry
 from dgpg_jax.evaluate import seed_keys
 from dgpg_jax.networks import Actor
 from dgpg_jax.train import RunnerState, TrainConfig, default_hyper, init_runner, make_learner
@@ -31,7 +31,7 @@ RESUMABLE_DIFFERENCES = ("num_episodes",)
 def config_to_dict(config: TrainConfig, seed: int, num_seeds: int) -> dict:
     if callable(config.potential):
         raise ValueError("potential is a function: only runs with a named potential can be saved")
-    return {"task": tasks.task_name(config.env), "config": dataclasses.asdict(config), "seed": seed,
+    return {"task": registry.task_name(config.env), "config": dataclasses.asdict(config), "seed": seed,
             "seeds": num_seeds}
 
 
@@ -39,7 +39,7 @@ def config_from_dict(data: dict) -> tuple[TrainConfig, int, int]:
     """The inverse of `config_to_dict`; ValueError (naming what is wrong) for anything else."""
     try:
         fields = dict(data["config"])
-        env_class = tasks.config_class(data.get("task", tasks.DEFAULT_TASK))
+        env_class = registry.config_class(data.get("task", registry.DEFAULT_TASK))
         fields["env"] = env_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields["env"].items()})
         fields["hidden"] = tuple(fields["hidden"])
         return TrainConfig(**fields), int(data["seed"]), int(data["seeds"])
@@ -232,8 +232,8 @@ def load_actor(run_dir: Path, task: str | None = None) -> tuple[Actor, dict]:
     at any size of its task: `train.learned_policy(task, actor, params)`). With `task`,
     a run of another task is refused."""
     config, seed, num_seeds = load_config(run_dir)
-    if task is not None and tasks.task_name(config.env) != task:
-        raise ValueError(f"checkpoint {str(run_dir)!r} holds a {tasks.task_name(config.env)} run: allowed a run "
+    if task is not None and registry.task_name(config.env) != task:
+        raise ValueError(f"checkpoint {str(run_dir)!r} holds a {registry.task_name(config.env)} run: allowed a run "
                          f"of the {task} task")
     learner = make_learner(config)
     like = jax.eval_shape(jax.vmap(lambda k: init_runner(learner, k, default_hyper(config))),

@@ -23,7 +23,7 @@ import math
 import sys
 from pathlib import Path
 
-from dgpg_jax import tasks
+from dgpg_jax import registry
 
 PRESETS: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
@@ -47,9 +47,9 @@ def _field_docs(cls) -> dict[str, str]:
 
 
 def _add_env_flags(parser: argparse.ArgumentParser, task: str) -> None:
-    parser.add_argument("--task", choices=tuple(tasks.TASKS), default=tasks.DEFAULT_TASK,
-                        help=f"the system (default {tasks.DEFAULT_TASK}); the flags below are this task's")
-    config_class = tasks.config_class(task)
+    parser.add_argument("--task", choices=tuple(registry.TASKS), default=registry.DEFAULT_TASK,
+                        help=f"the system (default {registry.DEFAULT_TASK}); the flags below are this task's")
+    config_class = registry.config_class(task)
     group = parser.add_argument_group(f"environment ({config_class.__name__}, task {task})")
     docs = _field_docs(config_class)
     for field in dataclasses.fields(config_class):
@@ -69,13 +69,13 @@ def _add_env_flags(parser: argparse.ArgumentParser, task: str) -> None:
 
 
 def _env_config(args):
-    if args.preset != "default" and args.task != tasks.DEFAULT_TASK:
+    if args.preset != "default" and args.task != registry.DEFAULT_TASK:
         raise ValueError(f"preset={args.preset!r} is invalid for the {args.task} task: allowed default "
-                         f"(the presets are settings of {tasks.DEFAULT_TASK})")
+                         f"(the presets are settings of {registry.DEFAULT_TASK})")
     env_overrides, _ = PRESETS[args.preset]
     given = {k.split(".", 1)[1]: tuple(v) if isinstance(v, list) else v
              for k, v in vars(args).items() if k.startswith("env.")}
-    return tasks.config_class(args.task)(**{**env_overrides, **given}).validate()
+    return registry.config_class(args.task)(**{**env_overrides, **given}).validate()
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, episodes: int, seeds: int) -> None:
@@ -96,14 +96,14 @@ def _check_run_flags(args) -> None:
 def _add_train_flags(parser: argparse.ArgumentParser, task: str) -> None:
     from dgpg_jax.train import GUIDANCE_MODES
 
-    potentials = tasks.POTENTIAL_NAMES[task]
+    potentials = registry.POTENTIAL_NAMES[task]
     group = parser.add_argument_group("training (TrainConfig)")
     group.add_argument("--alpha", type=float, nargs="+", metavar="ALPHA",
                        help="guidance weight: one value = constant, two = linear from the first to the second "
                             "(default 0.9 0.2)")
     group.add_argument("--alpha-decay-episodes", type=int, help="episodes of the linear alpha decay (default 20)")
     default = ("light_congestion in turn, area deciding at once, split in the paper preset"
-               if task == tasks.DEFAULT_TASK else potentials[0])
+               if task == registry.DEFAULT_TASK else potentials[0])
     group.add_argument("--potential", choices=potentials, help=f"guidance potential (default {default})")
     group.add_argument("--guidance", choices=GUIDANCE_MODES, help="sampled or exact guidance (default sampled)")
     group.add_argument("--advantage-form", choices=("additive", "convex"),
@@ -250,13 +250,14 @@ def _comma_list(name: str, spec: str, allowed: str) -> list[str]:
 
 def _policies(spec: str, beta: float | None, task):
     """(name, act) pairs for --policy: a name, a comma list, `all`, or checkpoint:DIR."""
-    from dgpg_jax import baselines, checkpoint, train
+    from dgpg_jax import checkpoint, train
+    from dgpg_jax.tasks.cloud import baselines
 
     allowed = f"policy names ({', '.join(task.baselines)}), all, or checkpoint:DIR"
     names = list(task.baselines) if spec == "all" else _comma_list("policy", spec, allowed)
-    if beta is not None and task.name != tasks.DEFAULT_TASK:
+    if beta is not None and task.name != registry.DEFAULT_TASK:
         raise ValueError(f"beta={beta!r} is invalid for the {task.name} task: it sets the congestion-aware "
-                         f"greedies of {tasks.DEFAULT_TASK}")
+                         f"greedies of {registry.DEFAULT_TASK}")
     if beta is not None and not any(name in baselines.GREEDY_POLICIES for name in names):
         raise ValueError(f"beta={beta!r} is invalid here: it sets the congestion-aware greedies "
                          f"{baselines.GREEDY_POLICIES}, and --policy {spec!r} has none of them")
@@ -270,7 +271,7 @@ def _policies(spec: str, beta: float | None, task):
             actor, actor_params = checkpoint.load_actor(Path(run_dir), task.name)
             out.append((name, train.learned_policy(task, actor, actor_params)))
             out.append((name + ":mode", train.learned_policy(task, actor, actor_params, deterministic=True)))
-        elif task.name == tasks.DEFAULT_TASK:
+        elif task.name == registry.DEFAULT_TASK:
             out.append((name, baselines.get_policy(name, beta)))  # beta applies to the greedies only
         elif name in task.baselines:
             out.append((name, task.baselines[name]))
@@ -539,7 +540,7 @@ def cmd_variance(args) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def build_parser(task: str = tasks.DEFAULT_TASK) -> argparse.ArgumentParser:
+def build_parser(task: str = registry.DEFAULT_TASK) -> argparse.ArgumentParser:
     """The parser whose environment flags are those of `task`'s config."""
     parser = argparse.ArgumentParser(prog="dgpg", description="Descent-Guided Policy Gradient for cooperative "
                                      "multi-agent systems (cloud scheduling, EV charging)")
@@ -640,21 +641,21 @@ def _task_of(argv: list[str] | None) -> str:
     """The --task of a command line (the default when absent or unknown: the full parser
     then refuses an unknown one with the allowed choices)."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--task", default=tasks.DEFAULT_TASK)
+    pre.add_argument("--task", default=registry.DEFAULT_TASK)
     name = pre.parse_known_args(argv)[0].task
-    return name if name in tasks.TASKS else tasks.DEFAULT_TASK
+    return name if name in registry.TASKS else registry.DEFAULT_TASK
 
 
 def _env_flags(task: str) -> set[str]:
     """The environment flags of `task` (those of its config's fields)."""
-    return {flag for field in dataclasses.fields(tasks.config_class(task))
+    return {flag for field in dataclasses.fields(registry.config_class(task))
             for flag in ["--" + field.name.replace("_", "-")] + ENV_FLAG_ALIASES.get(field.name, [])}
 
 
 def _other_task_flag(task: str, unknown: list[str]) -> str | None:
     """A one-line refusal of an unknown flag that is another task's environment flag."""
     for flag in (item.split("=", 1)[0] for item in unknown if item.startswith("--")):
-        owners = [name for name in tasks.TASKS if name != task and flag in _env_flags(name)]
+        owners = [name for name in registry.TASKS if name != task and flag in _env_flags(name)]
         if owners:
             return (f"{flag} is a flag of the {owners[0]} task, not of {task}: allowed with --task {owners[0]}, "
                     f"or the flags that `--task {task} --help` lists")

@@ -15,7 +15,7 @@ value enters as `Hyper.utilisation`. The task's reference (Best-Fit for cloud
 scheduling, the valley-filling bound for EV charging) depends on the traces only, that is
 on (N, utilisation, seed): a second program per N computes it once per such triple, and
 every algorithm and grid point on those traces reuses it (groups run N by N, so the host
-keeps the references of one N). Any task of `dgpg_jax.tasks` can be swept; the summary
+keeps the references of one N). Any task of `dgpg_jax.registry` can be swept; the summary
 pools each configuration's final episodes with the task's own `pool`.
 
 Seed s is the run key `evaluate.seed_keys(s, 1)[0]`: the run of `dgpg train --seed s
@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dgpg_jax import distributed, evaluate, memory, rundir, tasks, trackers, train
+from dgpg_jax import distributed, evaluate, memory, rundir, registry, trackers, train
 from dgpg_jax.rundir import write_atomic
 from dgpg_jax.runner import FINAL_WINDOW, json_safe, log_columns, metric_columns, metrics_from_columns
 from dgpg_jax.validation import check, check_integer, check_seeds, is_integer, is_number
@@ -148,7 +148,7 @@ class Sweep:
         for name, values in self.grid:
             check("grid", name, name in GRID_NAMES, f"one of {GRID_NAMES}")
             if name == "utilisation" and not hasattr(self.base.env, "utilisation"):
-                raise ValueError(f"grid utilisation is invalid for the {tasks.task_name(self.base.env)} task: "
+                raise ValueError(f"grid utilisation is invalid for the {registry.task_name(self.base.env)} task: "
                                  f"it has no traced load; allowed one of {GRID_NAMES[:-1]}")
             check(f"grid {name}", list(values), len(values) >= 1, "at least one value")
             check(f"grid {name}", list(values), all(is_number(v) for v in values), "numbers, finite in float32")
@@ -175,7 +175,7 @@ class Sweep:
         config = _flatten(dataclasses.asdict(self.base))
         for name in ("algo", "env.num_agents"):
             config.pop(name)
-        out = {"format": FORMAT_VERSION, "task": tasks.task_name(self.base.env), "algos": list(self.algos), "num_agents": list(self.num_agents),
+        out = {"format": FORMAT_VERSION, "task": registry.task_name(self.base.env), "algos": list(self.algos), "num_agents": list(self.num_agents),
                "grid": [[name, [float(v) for v in values]] for name, values in self.grid],
                "seeds": self.seeds, "seed": self.seed, "episodes": self.episodes, "chunk_seeds": chunk_seeds,
                "config": config}
@@ -741,7 +741,7 @@ def _run(sweep: Sweep, out_dir: Path, chunk_seeds: int | None, max_chunks: int |
     docs = read_chunks(out_dir, sweep)
     done_chunks = len(docs)
     configurations = summarise(sweep, docs, bootstrap_reps)
-    result = {"out": str(out_dir), "task": tasks.task_name(sweep.base.env),
+    result = {"out": str(out_dir), "task": registry.task_name(sweep.base.env),
               "reference": groups[0]["learner"].task.reference_name, "chunks_run": run, "chunks_skipped": skipped, "chunks_total": total,
               "complete": done_chunks == total, "seeds": sweep.seeds, "episodes": sweep.episodes,
               "final_window": min(FINAL_WINDOW, sweep.episodes), "grid": list(sweep.grid_names),

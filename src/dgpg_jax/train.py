@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from dgpg_jax import algorithms, evaluate, ppo
-from dgpg_jax.env import EnvConfig
+from dgpg_jax.tasks.cloud import EnvConfig
 from dgpg_jax.networks import Actor, CentralCritic, LocalCritic, policy_distribution
 from dgpg_jax.task import Act, Task
 from dgpg_jax.validation import check, check_choice, check_integer, check_number

@@ -14,9 +14,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.ev.observation import committed_load
-from dgpg_jax.ev.types import EVParams, EVState
-from dgpg_jax.ev.windows import commit_windows, window_sums
+from dgpg_jax.tasks.ev.observation import committed_load
+from dgpg_jax.tasks.ev.types import EVParams, EVState
+from dgpg_jax.tasks.ev.windows import commit_windows, window_sums
 
 Policy = Callable[[jax.Array, EVState, EVParams], jax.Array]
 

@@ -17,11 +17,11 @@ import numpy as np
 from flax import struct
 
 from dgpg_jax.evaluate import env_keys, scan_episode
-from dgpg_jax.ev.core import reset, step
-from dgpg_jax.ev.types import EVParams, EVState
-from dgpg_jax.ev.cost import slot_cost, undelivered_cost
-from dgpg_jax.ev.valley import reference_cost, valley_load
-from dgpg_jax.ev.windows import charging_plan
+from dgpg_jax.tasks.ev.core import reset, step
+from dgpg_jax.tasks.ev.types import EVParams, EVState
+from dgpg_jax.tasks.ev.cost import slot_cost, undelivered_cost
+from dgpg_jax.tasks.ev.valley import reference_cost, valley_load
+from dgpg_jax.tasks.ev.windows import charging_plan
 
 Act = Callable[[jax.Array, EVState, EVParams], jax.Array]
 

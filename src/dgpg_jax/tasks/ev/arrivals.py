@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr
 
-from dgpg_jax.ev.base_load import base_forecast, sample_base_load
-from dgpg_jax.ev.types import Arrivals, Day, EVParams
-from dgpg_jax.ev.valley import valley_load
-from dgpg_jax.ev.windows import candidate_starts, charging_plan
+from dgpg_jax.tasks.ev.base_load import base_forecast, sample_base_load
+from dgpg_jax.tasks.ev.types import Arrivals, Day, EVParams
+from dgpg_jax.tasks.ev.valley import valley_load
+from dgpg_jax.tasks.ev.windows import candidate_starts, charging_plan
 
 
 def arrival_slot_probabilities(params: EVParams) -> jax.Array:

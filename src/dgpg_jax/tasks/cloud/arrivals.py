@@ -7,7 +7,7 @@ actions, so every policy can be evaluated on the same traces (common random numb
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.env.types import EnvParams, Jobs
+from dgpg_jax.tasks.cloud.types import EnvParams, Jobs
 
 
 def mean_arrival_probability(params: EnvParams) -> jax.Array:

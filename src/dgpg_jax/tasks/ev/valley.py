@@ -11,9 +11,9 @@ Pure, jittable, vmappable, differentiable in the base load and the energy; O(T l
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.analytical import check_inputs
-from dgpg_jax.ev.cost import slot_cost, undelivered_cost
-from dgpg_jax.ev.types import EVParams
+from dgpg_jax.tasks.cloud.analytical import check_inputs
+from dgpg_jax.tasks.ev.cost import slot_cost, undelivered_cost
+from dgpg_jax.tasks.ev.types import EVParams
 
 
 def _leading_true(mask: jax.Array) -> jax.Array:

@@ -15,10 +15,10 @@ looks like its first).
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.analytical import reference_share
-from dgpg_jax.env.arrivals import expected_work_rate
-from dgpg_jax.env.dynamics import server_totals
-from dgpg_jax.env.types import EnvParams, EnvState, service_rate
+from dgpg_jax.tasks.cloud.analytical import reference_share
+from dgpg_jax.tasks.cloud.arrivals import expected_work_rate
+from dgpg_jax.tasks.cloud.dynamics import server_totals
+from dgpg_jax.tasks.cloud.types import EnvParams, EnvState, service_rate
 
 NUM_JOB_FEATURES = 10
 NUM_SERVER_FEATURES = 4

@@ -2,12 +2,12 @@
 charging windows the candidates, the per-slot loads the potentials' input, and the
 valley-filling bound the reference."""
 
-from dgpg_jax.ev.baselines import BASELINES
-from dgpg_jax.ev.core import reset, step
-from dgpg_jax.ev.evaluate import make_record, pool, reference_metrics, summarise
-from dgpg_jax.ev.guidance import POTENTIALS, task_guidance
-from dgpg_jax.ev.observation import candidate_observation, day_left, slot_observation
-from dgpg_jax.ev.types import EVConfig, make_params
+from dgpg_jax.tasks.ev.baselines import BASELINES
+from dgpg_jax.tasks.ev.core import reset, step
+from dgpg_jax.tasks.ev.evaluate import make_record, pool, reference_metrics, summarise
+from dgpg_jax.tasks.ev.guidance import POTENTIALS, task_guidance
+from dgpg_jax.tasks.ev.observation import candidate_observation, day_left, slot_observation
+from dgpg_jax.tasks.ev.types import EVConfig, make_params
 from dgpg_jax.task import Task
 
 

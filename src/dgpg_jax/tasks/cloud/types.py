@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from dgpg_jax.env.fleet import FLEETS, fleet_capacity
+from dgpg_jax.tasks.cloud.fleet import FLEETS, fleet_capacity
 from dgpg_jax.validation import (MAX_AGENTS, MAX_HORIZON, MAX_SERVERS, check, check_choice, check_episode_rows,
                                  check_integer, check_number)
 
@@ -124,7 +124,7 @@ class EnvConfig:
 
     def make_task(self):
         """This system as a `dgpg_jax.task.Task` (validated first)."""
-        from dgpg_jax.env.task import make_task
+        from dgpg_jax.tasks.cloud.task import make_task
 
         return make_task(self.validate())
 

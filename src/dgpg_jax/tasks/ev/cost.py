@@ -14,7 +14,7 @@ an episode's return is minus the day's cost per agent.
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.ev.types import EVParams
+from dgpg_jax.tasks.ev.types import EVParams
 
 LOAD_UNIT_KW = 1.0
 

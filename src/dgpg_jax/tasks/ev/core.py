@@ -19,11 +19,11 @@ Spec of one day (T slots of dt = 24 / T hours, slot 0 at `day_start_hour`):
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.ev.arrivals import pack_arrivals, sample_day
-from dgpg_jax.ev.cost import slot_cost, undelivered_cost
-from dgpg_jax.ev.observation import candidate_observation
-from dgpg_jax.ev.types import Arrivals, EVParams, EVState
-from dgpg_jax.ev.windows import commit_windows
+from dgpg_jax.tasks.ev.arrivals import pack_arrivals, sample_day
+from dgpg_jax.tasks.ev.cost import slot_cost, undelivered_cost
+from dgpg_jax.tasks.ev.observation import candidate_observation
+from dgpg_jax.tasks.ev.types import Arrivals, EVParams, EVState
+from dgpg_jax.tasks.ev.windows import commit_windows
 from dgpg_jax.validation import check
 
 

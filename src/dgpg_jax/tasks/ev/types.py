@@ -113,7 +113,7 @@ class EVConfig:
 
     def make_task(self):
         """This system as a `dgpg_jax.task.Task` (validated first)."""
-        from dgpg_jax.ev.task import make_task
+        from dgpg_jax.tasks.ev.task import make_task
 
         return make_task(self.validate())
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from dgpg_jax.analytical import reference_split, water_level
+from dgpg_jax.tasks.cloud.analytical import reference_split, water_level
 
 
 @struct.dataclass

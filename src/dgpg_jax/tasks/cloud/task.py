@@ -3,13 +3,13 @@ the candidates, per-server aggregates the potentials' input, Best-Fit the refere
 
 import jax
 
-from dgpg_jax import baselines, guidance
-from dgpg_jax.env.arrivals import expected_work_rate
-from dgpg_jax.env.core import reset, step
-from dgpg_jax.env.dynamics import earlier_work, server_totals
-from dgpg_jax.env.metrics import make_record, pool, summarise
-from dgpg_jax.env.observation import DECIDE, day_left, job_observation, server_observation
-from dgpg_jax.env.types import EnvConfig, EnvParams, EnvState, make_params, service_rate
+from dgpg_jax.tasks.cloud import baselines, guidance
+from dgpg_jax.tasks.cloud.arrivals import expected_work_rate
+from dgpg_jax.tasks.cloud.core import reset, step
+from dgpg_jax.tasks.cloud.dynamics import earlier_work, server_totals
+from dgpg_jax.tasks.cloud.metrics import make_record, pool, summarise
+from dgpg_jax.tasks.cloud.observation import DECIDE, day_left, job_observation, server_observation
+from dgpg_jax.tasks.cloud.types import EnvConfig, EnvParams, EnvState, make_params, service_rate
 from dgpg_jax.evaluate import scan_episode
 from dgpg_jax.task import Task
 

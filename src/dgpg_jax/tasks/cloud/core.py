@@ -9,10 +9,10 @@ day's first jobs come from the same key.
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.env import arrivals
-from dgpg_jax.env.dynamics import dispatch, serve
-from dgpg_jax.env.observation import job_observation
-from dgpg_jax.env.types import EnvParams, EnvState, service_rate
+from dgpg_jax.tasks.cloud import arrivals
+from dgpg_jax.tasks.cloud.dynamics import dispatch, serve
+from dgpg_jax.tasks.cloud.observation import job_observation
+from dgpg_jax.tasks.cloud.types import EnvParams, EnvState, service_rate
 from dgpg_jax.validation import check
 
 

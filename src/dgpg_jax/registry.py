@@ -4,10 +4,9 @@ The command line (`--task`) and saved runs (config.json) name a task through thi
 table; the learner itself only sees the `Task` a config builds (`config.make_task()`).
 """
 
-from dgpg_jax import guidance
-from dgpg_jax.env import EnvConfig
-from dgpg_jax.ev import EVConfig
-from dgpg_jax.ev import guidance as ev_guidance
+from dgpg_jax.tasks.cloud import EnvConfig, guidance
+from dgpg_jax.tasks.ev import EVConfig
+from dgpg_jax.tasks.ev import guidance as ev_guidance
 
 TASKS = {"cloud-scheduling": EnvConfig, "ev-charging": EVConfig}
 DEFAULT_TASK = "cloud-scheduling"

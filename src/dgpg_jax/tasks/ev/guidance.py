@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from dgpg_jax.ev.core import commit_step, resolve_actions
-from dgpg_jax.ev.observation import committed_load
-from dgpg_jax.ev.types import EVParams, EVState
-from dgpg_jax.ev.windows import window_overlap, window_sums
+from dgpg_jax.tasks.ev.core import commit_step, resolve_actions
+from dgpg_jax.tasks.ev.observation import committed_load
+from dgpg_jax.tasks.ev.types import EVParams, EVState
+from dgpg_jax.tasks.ev.windows import window_overlap, window_sums
 
 @struct.dataclass
 class LoadAggregates:

@@ -15,11 +15,11 @@ valley target and the slot's position relative to now; and global features.
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.ev.arrivals import arrival_slot_probabilities
-from dgpg_jax.ev.base_load import base_forecast
-from dgpg_jax.ev.cost import per_agent_load
-from dgpg_jax.ev.types import HOURS_PER_DAY, EVParams, EVState
-from dgpg_jax.ev.windows import window_sums
+from dgpg_jax.tasks.ev.arrivals import arrival_slot_probabilities
+from dgpg_jax.tasks.ev.base_load import base_forecast
+from dgpg_jax.tasks.ev.cost import per_agent_load
+from dgpg_jax.tasks.ev.types import HOURS_PER_DAY, EVParams, EVState
+from dgpg_jax.tasks.ev.windows import window_sums
 
 NUM_CANDIDATE_FEATURES = 10
 NUM_SLOT_FEATURES = 4

@@ -13,10 +13,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.env.arrivals import sample_proportional
-from dgpg_jax.env.dynamics import finish_score
-from dgpg_jax.env.observation import current_reference_share
-from dgpg_jax.env.types import EnvParams, EnvState, service_rate
+from dgpg_jax.tasks.cloud.arrivals import sample_proportional
+from dgpg_jax.tasks.cloud.dynamics import finish_score
+from dgpg_jax.tasks.cloud.observation import current_reference_share
+from dgpg_jax.tasks.cloud.types import EnvParams, EnvState, service_rate
 
 Policy = Callable[[jax.Array, EnvState, EnvParams], jax.Array]
 

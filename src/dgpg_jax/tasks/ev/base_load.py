@@ -10,7 +10,7 @@ so it is never negative.
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.ev.types import HOURS_PER_DAY, EVParams
+from dgpg_jax.tasks.ev.types import HOURS_PER_DAY, EVParams
 
 
 def slot_clock_hours(params: EVParams) -> jax.Array:

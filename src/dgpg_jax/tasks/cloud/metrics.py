@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dgpg_jax.env.types import MAX_RESPONSE_TIME, EnvParams, EnvState
+from dgpg_jax.tasks.cloud.types import MAX_RESPONSE_TIME, EnvParams, EnvState
 
 # Response times are binned in a log-spaced histogram (in mean job times) so that
 # percentiles can be pooled over any set of episodes and seeds without keeping every job:
