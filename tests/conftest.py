@@ -36,6 +36,17 @@ settings.register_profile("thorough", max_examples=100, deadline=None, print_blo
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
+class Fault(Exception):
+    """Stands for a kill or a crash at the point where a patched function raises it."""
+
+
+def one_line(capsys) -> str:
+    """The single line a refused command wrote to stderr (no traceback)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
 def at_once(**fields) -> env.EnvConfig:
     """An EnvConfig whose jobs decide simultaneously (the tests of that mode and of the
     learner's machinery, written and stored before in-turn decisions became the default)."""

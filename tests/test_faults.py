@@ -21,22 +21,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from dgpg_jax import checkpoint, cli, rundir, runner, train
+from conftest import Fault, one_line
 from test_train import BASE
 
 TREE = {"w": jnp.arange(6.0).reshape(2, 3), "episode": jnp.int32(0)}
 
 
-def one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
-
-
 # ----------------------------------------------------------------------------- checkpoints
-
-
-class Fault(Exception):
-    """Stands for a kill or a crash at the point where it is raised."""
 
 
 def tree(value: float) -> dict:

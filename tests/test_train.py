@@ -37,7 +37,7 @@ from dgpg_jax.tasks.cloud import baselines
 from dgpg_jax.tasks.cloud import job_observation, make_params, reset, service_rate
 from dgpg_jax.tasks.cloud.metrics import histogram_percentiles
 from dgpg_jax.evaluate import seed_keys
-from conftest import at_once
+from conftest import Fault, at_once, one_line
 
 BASE = train.TrainConfig(env=at_once(num_agents=5, horizon=100), num_episodes=10, updates_per_episode=2)
 
@@ -682,20 +682,6 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_its_config(tmp_pa
 # ----------------------------------------------------------------------------- faults (see test_faults.py)
 
 
-class Fault(Exception):
-    """Stands for a kill or a crash at the point where it is raised."""
-
-
-def compiled(*args, **kwargs):
-    raise AssertionError("init_runner reached: the refusal should have come before any tracing")
-
-
-def one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
-
-
 @pytest.fixture
 def saved_copy(saved_half, tmp_path):
     """A copy of test_train's saved run (HALF episodes, 2 seeds) to damage."""
@@ -704,12 +690,11 @@ def saved_copy(saved_half, tmp_path):
     return run_dir
 
 
-def test_resume_without_a_checkpoint_over_metrics_is_refused(saved_copy, monkeypatch, capsys):
+def test_resume_without_a_checkpoint_over_metrics_is_refused(saved_copy, no_compile, capsys):
     """The issue's reproduction: the checkpoint gone, metrics there. The resume is refused
     (exit 2, one line) instead of starting again from episode 0, and the metrics stay."""
     metrics = (saved_copy / "metrics.jsonl").read_text()
     shutil.rmtree(saved_copy / "checkpoint")
-    monkeypatch.setattr(train, "init_runner", compiled)
     with pytest.raises(ValueError, match="no complete checkpoint.*--overwrite"):
         runner.run_training(BASE, 0, SEEDS, out_dir=saved_copy, resume=saved_copy)
     argv = ["train", "--out", str(saved_copy), "--resume", str(saved_copy), "--num-agents", "5", "--horizon", "100",
@@ -724,10 +709,9 @@ def test_resume_without_a_checkpoint_over_metrics_is_refused(saved_copy, monkeyp
     (lambda text: "{}\n" + text, "line 1 is not a metrics row"),
     (lambda text: "\n".join(text.splitlines()[1:]), "holds 7 rows"),
 ])
-def test_damaged_metrics_are_named_before_compiling(saved_copy, monkeypatch, damage, message):
+def test_damaged_metrics_are_named_before_compiling(saved_copy, no_compile, damage, message):
     path = saved_copy / "metrics.jsonl"
     path.write_text(damage(path.read_text()))
-    monkeypatch.setattr(train, "init_runner", compiled)
     with pytest.raises(ValueError, match=f"metrics.jsonl.*{message}"):
         runner.run_training(BASE, 0, SEEDS, out_dir=saved_copy, resume=saved_copy)
 
