@@ -21,7 +21,7 @@ from pathlib import Path
 
 import machine
 from dgpg_jax import memory, train
-from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax.tasks.cloud import CloudConfig
 from training import timed_run
 
 RESULTS = Path(__file__).parent / "results"
@@ -38,7 +38,7 @@ def main() -> None:
     for n in sizes:
         for seeds in seed_counts:
             for mode in MODES:
-                config = train.TrainConfig(env=EnvConfig(num_agents=n, decisions=mode), num_episodes=2)
+                config = train.TrainConfig(env=CloudConfig(num_agents=n, decisions=mode), num_episodes=2)
                 row = {"num_agents": n, "seeds": seeds, "decisions": mode, **timed_run(config, seeds)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -37,7 +37,7 @@ import numpy as np
 
 from dgpg_jax.tasks import cloud as env
 from dgpg_jax.tasks.cloud import baselines
-from dgpg_jax.tasks.cloud import NUM_JOB_FEATURES, EnvConfig, make_params
+from dgpg_jax.tasks.cloud import NUM_JOB_FEATURES, CloudConfig, make_params
 from numpy_env import NumpyEnv, rollout
 
 PRNG_IMPLS = ("threefry2x32", "rbg")
@@ -81,7 +81,7 @@ def best_of(run, repeats: int, budget: float):
     return min(times), out, len(times)
 
 
-def measure(impl: str, config: EnvConfig, num_seeds: int, repeats: int, budget: float) -> dict:
+def measure(impl: str, config: CloudConfig, num_seeds: int, repeats: int, budget: float) -> dict:
     """Time one implementation: rates, compile time, mean response time and observation sum per job."""
     num_steps = config.horizon
     if impl == "numpy":
@@ -110,11 +110,11 @@ def mean_se(per_seed: np.ndarray) -> dict:
     return {"mean": per_seed.mean(), "se": se}
 
 
-def skip_reason(config: EnvConfig, num_seeds: int, previous: dict | None, max_seconds: float) -> str | None:
+def skip_reason(config: CloudConfig, num_seeds: int, previous: dict | None, max_seconds: float) -> str | None:
     """Why (N, S) is not run for one implementation: a working set over half the free memory, or a run projected
     (linearly in S from the last S at this N) to exceed `max_seconds`; None to run it."""
     params = make_params(config)
-    per_seed = 4 * (4 * params.num_agents + 4 * params.num_slots * params.num_candidates * NUM_JOB_FEATURES
+    per_seed = 4 * (4 * params.num_agents + 4 * params.num_rows * params.num_candidates * NUM_JOB_FEATURES
                     + 16 * params.num_servers)
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if num_seeds * per_seed > free / 2:
@@ -203,7 +203,7 @@ def main() -> int:
 
     rows = []
     for num_agents in agents:
-        config = EnvConfig(num_agents=num_agents, horizon=num_steps)
+        config = CloudConfig(num_agents=num_agents, horizon=num_steps)
         previous = {}
         for num_seeds in seeds:
             row = {"num_agents": num_agents, "num_seeds": num_seeds, "num_steps": num_steps}
@@ -226,7 +226,7 @@ def main() -> int:
     table = markdown(rows)
     skipped = [f"N={r['num_agents']}, seeds={r['num_seeds']}, {impl}: {r[impl]['skipped']}"
                for r in rows for impl in IMPLS if "skipped" in r[impl]]
-    env_config = {key: value for key, value in dataclasses.asdict(EnvConfig(horizon=num_steps)).items()
+    env_config = {key: value for key, value in dataclasses.asdict(CloudConfig(horizon=num_steps)).items()
                   if key != "num_agents"}
     info = {"machine": machine(), "command": shlex.join(sys.orig_argv),
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -13,12 +13,12 @@ import math
 
 import numpy as np
 
-from dgpg_jax.tasks.cloud import NUM_JOB_FEATURES, EnvConfig, make_params
+from dgpg_jax.tasks.cloud import NUM_JOB_FEATURES, CloudConfig, make_params
 
 F32 = np.float32
 
 
-def raw_mean_size(config: EnvConfig) -> float:
+def raw_mean_size(config: CloudConfig) -> float:
     """Mean of the unscaled bimodal size: lognormal(0, sigma) and a Pareto clipped at xm * clip."""
     a, xm, clip = config.large_shape, config.large_scale, config.large_clip
     tail = xm * math.log(clip) if a == 1 else xm**a * ((xm * clip) ** (1 - a) - xm ** (1 - a)) / (1 - a)
@@ -29,7 +29,7 @@ def raw_mean_size(config: EnvConfig) -> float:
 class NumpyEnv:
     """`num_seeds` copies of the env stepped together; state arrays are (S, M), jobs (S, J)."""
 
-    def __init__(self, config: EnvConfig, num_seeds: int):
+    def __init__(self, config: CloudConfig, num_seeds: int):
         params = make_params(config)
         if config.burst_rate > 0 or config.memoryless:
             raise ValueError("NumpyEnv implements neither bursts nor the memoryless option: "
@@ -37,7 +37,7 @@ class NumpyEnv:
         self.config = config
         self.all_candidates, self.capacity_weighted = params.all_candidates, params.capacity_weighted
         self.s, self.n, self.m = num_seeds, params.num_agents, params.num_servers
-        self.j, self.k = params.num_slots, params.num_candidates
+        self.j, self.k = params.num_rows, params.num_candidates
         scale = config.mean_job_steps
         capacity = np.asarray(params.capacity)
         self.mu = capacity / F32(scale)

@@ -33,15 +33,17 @@ import numpy as np
 
 from dgpg_jax import evaluate, train
 from machine import describe
-from dgpg_jax.cli import PRESETS
-from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax import registry
+from dgpg_jax.tasks.cloud import CloudConfig
+
+PRESETS = registry.presets(CloudConfig)
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def config_for(preset: str, algo: str, num_agents: int) -> train.TrainConfig:
     env_overrides, train_overrides = PRESETS[preset]
-    return train.TrainConfig(algo=algo, env=EnvConfig(num_agents=num_agents, **env_overrides), num_episodes=1,
+    return train.TrainConfig(algo=algo, env=CloudConfig(num_agents=num_agents, **env_overrides), num_episodes=1,
                              **train_overrides)
 
 
@@ -137,7 +139,7 @@ def profile(preset: str, num_agents: int, repeats: int, peak_gflops: float) -> d
         row["episode_gbytes_accessed"] = accessed / 1e9
         row["achieved_gflops_per_second"] = row["episode_gflops"] / row["episode_seconds"]
         row["fraction_of_peak"] = row["achieved_gflops_per_second"] / peak_gflops
-        row["num_slots"] = int(learner.task.params.num_slots)
+        row["num_rows"] = int(learner.task.params.num_rows)
         row["horizon"] = int(learner.task.params.horizon)
     row["guidance_seconds"] = row["rollout_dgpg_seconds"] - row["rollout_mappo_seconds"]
     row["rollout_seconds"] = row["rollout_dgpg_seconds"]
@@ -173,7 +175,7 @@ def main() -> None:
              f"GFLOP / episode | GB accessed / episode | GFLOP/s (of {args.peak_gflops:g} peak) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['num_agents']} | {r['num_slots']} | {r['episode_seconds']:.3f} | "
+        lines.append(f"| {r['num_agents']} | {r['num_rows']} | {r['episode_seconds']:.3f} | "
                      f"{r['rollout_seconds']:.3f} ({r['rollout_share']:.0%}) | {r['guidance_seconds']:.3f} "
                      f"({r['guidance_share']:.0%}) | {r['best_fit_seconds']:.3f} ({r['best_fit_share']:.0%}) | "
                      f"{r['update_seconds']:.3f} ({r['update_share']:.0%}) | {r['parts_over_episode']:.2f} | "

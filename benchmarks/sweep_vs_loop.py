@@ -24,14 +24,14 @@ from pathlib import Path
 import jax
 
 from dgpg_jax import runner, sweep, train
-from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax.tasks.cloud import CloudConfig
 from machine import describe
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def compare(num_agents: int, alphas: tuple[float, ...], seeds: int, episodes: int, tmp: Path) -> dict:
-    base = train.TrainConfig(env=EnvConfig(num_agents=num_agents), num_episodes=episodes)
+    base = train.TrainConfig(env=CloudConfig(num_agents=num_agents), num_episodes=episodes)
     spec = sweep.Sweep(base, algos=("dgpg",), num_agents=(num_agents,), grid={"alpha": alphas}, seeds=seeds)
     start = time.perf_counter()
     for point in spec.points():

@@ -34,15 +34,17 @@ import numpy as np
 
 import machine
 from dgpg_jax import memory, runner, train
-from dgpg_jax.cli import PRESETS
-from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax import registry
+from dgpg_jax.tasks.cloud import CloudConfig
+
+PRESETS = registry.presets(CloudConfig)
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def config_for(preset: str, num_agents: int, episodes: int) -> train.TrainConfig:
     env_overrides, train_overrides = PRESETS[preset]
-    return train.TrainConfig(env=EnvConfig(num_agents=num_agents, **env_overrides), num_episodes=episodes,
+    return train.TrainConfig(env=CloudConfig(num_agents=num_agents, **env_overrides), num_episodes=episodes,
                              **train_overrides)
 
 

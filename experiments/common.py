@@ -6,21 +6,20 @@ import json
 from pathlib import Path
 
 from dgpg_jax import train
-from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax.tasks.cloud import CloudConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+PAPER = CloudConfig.presets["paper"]
 SETTINGS = {
     # jobs deciding at once on the step-start queues, as in the paper (every experiment
     # of the paper's claims runs in this setting or the paper's)
-    "queueing": train.TrainConfig(env=EnvConfig(decisions="simultaneous")),
+    "queueing": train.TrainConfig(env=CloudConfig(decisions="simultaneous")),
     # the paper preset; its day is 200 steps (backlog does not carry over, so the day's
     # length sets only the decisions per episode, and the default 1000 costs 5x more)
-    "paper": train.TrainConfig(env=EnvConfig(horizon=200, memoryless=True, mean_job_steps=0.6,
-                                             candidate_sampling="uniform", decisions="simultaneous"),
-                               potential="split"),
+    "paper": train.TrainConfig(env=CloudConfig(horizon=200, **PAPER[0]), **PAPER[1]),
     # the defaults: the queueing setting with jobs deciding in turn, each seeing the earlier
     # jobs of its step, and the light congestion potential
-    "in_turn": train.TrainConfig(env=EnvConfig(decisions="in_turn"), potential="light_congestion"),
+    "in_turn": train.TrainConfig(env=CloudConfig(decisions="in_turn"), potential="light_congestion"),
 }
 ALGOS = ("dgpg", "mappo", "ippo")
 
@@ -136,16 +135,12 @@ def sweep_table(spec, directory: Path) -> list[dict]:
 
 
 def baseline_rows(env_config, policies, seeds: int, episodes: int) -> list[dict]:
-    """Rows of `evaluate.evaluate_policies` for the named baselines on the traces of the final
-    FINAL_WINDOW episodes of seeds 0..seeds-1 of an `episodes`-episode training run (the
-    episodes the sweeps' final figures pool), pooled over seeds."""
+    """`compare.final_baselines` rows of the named baselines for seeds 0..seeds-1 (each its
+    own master seed, as the sweeps' seeds), pooled over seeds."""
     import jax
 
-    from dgpg_jax import evaluate
-    from dgpg_jax.tasks.cloud.baselines import BASELINES
-    from dgpg_jax.runner import FINAL_WINDOW
+    from dgpg_jax import compare, evaluate
 
-    window = min(FINAL_WINDOW, episodes)
-    run_keys = jax.vmap(train.traces_key)(jax.numpy.stack([evaluate.seed_keys(s, 1)[0] for s in range(seeds)]))
-    return evaluate.evaluate_policies([(name, BASELINES[name]) for name in policies], env_config.make_task(),
-                                      run_keys, window, episodes - window)
+    task = env_config.make_task()
+    run_keys = jax.numpy.stack([evaluate.seed_keys(s, 1)[0] for s in range(seeds)])
+    return compare.final_baselines(task, [(name, task.baselines[name]) for name in policies], run_keys, episodes)

@@ -22,7 +22,7 @@ import numpy as np
 
 from common import ROOT, append_jsonl, experiment_parser, read_jsonl
 from dgpg_jax import runner, train
-from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax.tasks.cloud import CloudConfig
 from dgpg_jax.tasks.cloud.guidance import make_congestion_potential
 
 OUT = ROOT / "results" / "decision_modes"
@@ -64,7 +64,7 @@ SEEDS, EPISODES = 3, 20
 def run_one(n: int, algo: str, decisions: str, potential: str | None, discount: float | None,
             changes: tuple = ()) -> dict:
     chosen = make_congestion_potential(discount) if discount is not None else potential
-    config = train.TrainConfig(algo=algo, env=EnvConfig(num_agents=n, decisions=decisions), potential=chosen,
+    config = train.TrainConfig(algo=algo, env=CloudConfig(num_agents=n, decisions=decisions), potential=chosen,
                                num_episodes=EPISODES, **dict(changes))
     start = time.time()
     result = runner.run_training(config, seed=0, num_seeds=SEEDS, episodes_per_call=EPISODES)

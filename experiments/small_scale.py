@@ -13,7 +13,6 @@ Figure: docs/small_scale.png (learning curves, a 10-episode moving average).
 """
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np

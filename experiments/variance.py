@@ -26,7 +26,6 @@ import numpy as np
 
 from common import ROOT, SETTINGS as CLOUD_SETTINGS, append_jsonl, experiment_parser, pyplot, read_jsonl, save_figure, write_json
 from dgpg_jax import diagnostics, runner, train
-from dgpg_jax.tasks.cloud import EnvConfig
 from dgpg_jax.tasks.ev import EVConfig
 
 OUT = ROOT / "results" / "variance"  # --out

@@ -4,7 +4,7 @@ The tiny fleet (`tiny_params`), with the numbers the hand-worked tests use:
 
     num_agents N = 2, servers_per_agent 1.5  ->  M = ceil(1.5 * 2) = 3 servers
     num_candidates 3 >= M                    ->  every job sees all 3 servers (k = 3)
-    num_slots J = min(N, ...) = 2            ->  one row per agent
+    num_rows J = min(N, ...) = 2            ->  one row per agent
     mean_job_steps 2                         ->  time unit: 2 steps per mean job
     capacity (hand-set)        = [0.5,  1.0,  1.5 ]   (mean 1, sum 3)
     service rate mu = cap / 2  = [0.25, 0.5,  0.75]   work per step
@@ -47,28 +47,28 @@ def one_line(capsys) -> str:
     return err[0]
 
 
-def at_once(**fields) -> env.EnvConfig:
-    """An EnvConfig whose jobs decide simultaneously (the tests of that mode and of the
+def at_once(**fields) -> env.CloudConfig:
+    """A CloudConfig whose jobs decide simultaneously (the tests of that mode and of the
     learner's machinery, written and stored before in-turn decisions became the default)."""
-    return env.EnvConfig(decisions="simultaneous", **fields)
+    return env.CloudConfig(decisions="simultaneous", **fields)
 
 
-TINY_CONFIG = env.EnvConfig(num_agents=2, servers_per_agent=1.5, num_candidates=3, mean_job_steps=2.0,
+TINY_CONFIG = env.CloudConfig(num_agents=2, servers_per_agent=1.5, num_candidates=3, mean_job_steps=2.0,
                             buffer_time=2.0, rejection_penalty=5.0)
 TINY_CAPACITY = (0.5, 1.0, 1.5)
 
 
-def make_tiny_params(**overrides) -> env.EnvParams:
-    """The tiny fleet of the table above; `overrides` change EnvConfig fields."""
-    config = TINY_CONFIG if not overrides else env.EnvConfig(**{**TINY_CONFIG.__dict__, **overrides})
+def make_tiny_params(**overrides) -> env.CloudParams:
+    """The tiny fleet of the table above; `overrides` change CloudConfig fields."""
+    config = TINY_CONFIG if not overrides else env.CloudConfig(**{**TINY_CONFIG.__dict__, **overrides})
     return env.make_params(config).replace(capacity=jnp.array(TINY_CAPACITY, jnp.float32))
 
 
 @pytest.fixture(scope="session")
-def tiny_params() -> env.EnvParams:
+def tiny_params() -> env.CloudParams:
     return make_tiny_params()
 
 
 @pytest.fixture(scope="session")
-def tiny_memoryless_params() -> env.EnvParams:
+def tiny_memoryless_params() -> env.CloudParams:
     return make_tiny_params(memoryless=True)

@@ -11,7 +11,7 @@ memoryless, coarse steps (mean_job_steps 0.6), every job sees all M servers (uni
   random         2.1726 2.1554   8.180 8.079    20.68 21.00
   static split / capacity = 0.90 (seed keys of master seed 1: 0.91; at N = 50: 0.89).
 
-carried backlog, default time scale (mean_job_steps 10), EnvConfig(num_agents=200):
+carried backlog, default time scale (mean_job_steps 10), CloudConfig(num_agents=200):
   policy         mean            p95             p99
   greedy -0.5    7.563  7.716   18.32 18.76     31.64 28.80
   best_fit       9.051  9.101   23.09 23.67     39.01 36.13
@@ -26,17 +26,17 @@ import pytest
 
 from dgpg_jax import evaluate
 from dgpg_jax.tasks.cloud import baselines
-from dgpg_jax.tasks.cloud import EnvConfig, make_params
+from dgpg_jax.tasks.cloud import CloudConfig, make_params
 
 NUM_SEEDS, NUM_EPISODES = 2, 1
 
-MEMORYLESS = EnvConfig(num_agents=200, memoryless=True, mean_job_steps=0.6, num_candidates=200,
+MEMORYLESS = CloudConfig(num_agents=200, memoryless=True, mean_job_steps=0.6, num_candidates=200,
                        candidate_sampling="uniform")
-CARRIED = EnvConfig(num_agents=200)
+CARRIED = CloudConfig(num_agents=200)
 
 
 @functools.cache
-def metrics(config: EnvConfig, name: str, beta: float | None = None) :
+def metrics(config: CloudConfig, name: str, beta: float | None = None) :
     """[S, E] episode metrics of a named policy, one jitted program per policy. Cached:
     call it with all three arguments positionally so that equal calls share the entry."""
     task = config.make_task()

@@ -28,9 +28,9 @@ jit_reset = jax.jit(env.reset)
 
 @functools.lru_cache(maxsize=None)
 def fleet_params():
-    config = env.EnvConfig(num_agents=8, servers_per_agent=1.0, num_candidates=4, mean_job_steps=2.0)
+    config = env.CloudConfig(num_agents=8, servers_per_agent=1.0, num_candidates=4, mean_job_steps=2.0)
     params = env.make_params(config).replace(capacity=jnp.asarray(CAPACITY, jnp.float32))
-    assert (params.num_servers, params.num_candidates, params.num_slots) == (8, 4, 8)
+    assert (params.num_servers, params.num_candidates, params.num_rows) == (8, 4, 8)
     return params
 
 

@@ -28,8 +28,8 @@ def batched_states():
     """NUM_KEYS states of N = 30 agents and M = 15 servers with k = 4 candidates per job
     (k < M, so a candidate-scoped policy has something to miss), random jobs and backlog.
     Built directly (no env compile): the policies only read the jobs and the backlog."""
-    params = env.make_params(env.EnvConfig(num_agents=30, num_candidates=4, mean_job_steps=1.0))
-    m, j, k = params.num_servers, params.num_slots, params.num_candidates
+    params = env.make_params(env.CloudConfig(num_agents=30, num_candidates=4, mean_job_steps=1.0))
+    m, j, k = params.num_servers, params.num_rows, params.num_candidates
     rng = np.random.default_rng(0)
     valid = rng.random((NUM_KEYS, j)) < 0.7
     jobs = env.Jobs(
@@ -37,7 +37,7 @@ def batched_states():
                     candidates=jnp.asarray(rng.integers(0, m, (NUM_KEYS, j, k)), jnp.int32),
                     valid=jnp.asarray(valid), num_overflow=jnp.zeros(NUM_KEYS, jnp.int32),
                     agent=jnp.asarray(np.where(valid, np.arange(j), params.num_agents), jnp.int32))
-    states = env.EnvState(backlog=jnp.asarray(rng.exponential(1.0, (NUM_KEYS, m)), jnp.float32) * params.capacity,
+    states = env.CloudState(backlog=jnp.asarray(rng.exponential(1.0, (NUM_KEYS, m)), jnp.float32) * params.capacity,
                           recent_utilisation=jnp.zeros((NUM_KEYS, m), jnp.float32),
                           burst_steps_left=jnp.zeros(NUM_KEYS, jnp.int32), time=jnp.arange(NUM_KEYS, dtype=jnp.int32),
                           jobs=jobs)
@@ -50,7 +50,7 @@ def test_policy_output_is_valid_jittable_and_vmappable(name, batched_states):
     policy = jax.jit(jax.vmap(baselines.get_policy(name), in_axes=(0, 0, None)))
     keys = jax.random.split(jax.random.key(2), NUM_KEYS)
     servers = np.asarray(policy(keys, states, params))
-    assert servers.shape == (NUM_KEYS, params.num_slots) and servers.dtype == np.int32
+    assert servers.shape == (NUM_KEYS, params.num_rows) and servers.dtype == np.int32
     assert np.all((servers >= 0) & (servers < params.num_servers))
     jobs = jax.tree.map(np.asarray, states.jobs)
     assert jobs.valid.sum() >= 10  # enough jobs for the checks to mean something
@@ -70,7 +70,7 @@ def tiny_best_fit_case():
     jobs = env.Jobs(size=jnp.array([1.5, 1.0], jnp.float32),
                     candidates=jnp.tile(jnp.arange(3, dtype=jnp.int32), (2, 1)), valid=jnp.ones(2, bool),
                     num_overflow=jnp.zeros((), jnp.int32), agent=jnp.arange(2, dtype=jnp.int32))
-    state = env.EnvState(backlog=jnp.array([0.5, 0.25, 0.0], jnp.float32), recent_utilisation=jnp.zeros(3),
+    state = env.CloudState(backlog=jnp.array([0.5, 0.25, 0.0], jnp.float32), recent_utilisation=jnp.zeros(3),
                          burst_steps_left=jnp.zeros((), jnp.int32), time=jnp.zeros((), jnp.int32), jobs=jobs)
     return make_tiny_params(), state
 
@@ -155,7 +155,7 @@ def test_best_fit_beats_random_capacity_and_jsq_at_fine_steps():
     # Measured (default config: mean job 10 steps, k = 8 capacity-weighted, rho = 0.75):
     # best_fit 0.908, jsq 1.113 (1.23x), capacity 5.12, random 5.23 (per seed within 5%,
     # capacity 4.88 / 5.35).
-    times = mean_response_in_jobs(FINE_POLICIES, env.EnvConfig(num_agents=200))
+    times = mean_response_in_jobs(FINE_POLICIES, env.CloudConfig(num_agents=200))
     assert times["best_fit"] * 1.1 < times["jsq"], times
     assert times["best_fit"] * 3 < times["capacity"], times
     assert times["best_fit"] * 3 < times["random"], times
@@ -165,7 +165,7 @@ def test_jsq_herds_at_coarse_steps():
     # Mean job 0.6 steps (about 1.25 jobs per server per step) and every job sees all 100
     # servers: all agents of a step pick the same few shortest queues. Measured: jsq 28.7,
     # capacity 9.10 (best_fit 1.09, measured separately).
-    config = env.EnvConfig(num_agents=200, mean_job_steps=0.6, num_candidates=1000)
+    config = env.CloudConfig(num_agents=200, mean_job_steps=0.6, num_candidates=1000)
     times = mean_response_in_jobs(("jsq", "capacity"), config)
     assert times["jsq"] > 2 * times["capacity"], times
 
@@ -173,8 +173,8 @@ def test_jsq_herds_at_coarse_steps():
 def test_finer_steps_shrink_the_jsq_gap():
     # JSQ-k / Best-Fit on the same traces. Measured: 2.11 at mean job 1 step
     # (2.054 / 0.976), 1.23 at 10 steps (1.113 / 0.908, see above).
-    coarse = mean_response_in_jobs(("best_fit", "jsq"), env.EnvConfig(num_agents=200, mean_job_steps=1.0))
-    fine = mean_response_in_jobs(FINE_POLICIES, env.EnvConfig(num_agents=200))  # computed above: cached
+    coarse = mean_response_in_jobs(("best_fit", "jsq"), env.CloudConfig(num_agents=200, mean_job_steps=1.0))
+    fine = mean_response_in_jobs(FINE_POLICIES, env.CloudConfig(num_agents=200))  # computed above: cached
     coarse_ratio, fine_ratio = coarse["jsq"] / coarse["best_fit"], fine["jsq"] / fine["best_fit"]
     assert coarse_ratio > 1.6, coarse
     assert 1.0 < fine_ratio < 0.75 * coarse_ratio, (coarse_ratio, fine_ratio)

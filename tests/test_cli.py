@@ -176,7 +176,7 @@ def test_paper_preset_and_overrides():
     assert (env.mean_job_steps, env.memoryless, env.candidate_sampling) == (2.0, False, "uniform")
     assert cli._train_config(args, "dgpg").potential == "area"
 
-    # without a preset: the EnvConfig defaults
+    # without a preset: the CloudConfig defaults
     args = parser.parse_args(["eval", "--num-agents", "7"])
     env = cli._env_config(args)
     assert (env.num_agents, env.memoryless, env.candidate_sampling, env.mean_job_steps) == (7, False, "capacity", 10.0)

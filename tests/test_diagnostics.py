@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dgpg_jax import cli, diagnostics, evaluate, train
-from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax.tasks.cloud import CloudConfig
 from dgpg_jax.tasks.ev import EVConfig
 from dgpg_jax.networks import policy_distribution
 from conftest import at_once
@@ -104,8 +104,8 @@ def reference_moments(learner, actor_params, key, rollouts, baseline, same):
 
 @pytest.mark.parametrize("env, same", [
     (at_once(num_agents=4, num_candidates=2, horizon=4, mean_job_steps=0.6), True),
-    (EnvConfig(decisions="in_turn", num_agents=4, num_candidates=2, horizon=4, mean_job_steps=0.6), True),
-    pytest.param(EVConfig(num_agents=4, horizon=4, decision_slots=2), False, marks=pytest.mark.slow)])
+    (CloudConfig(decisions="in_turn", num_agents=4, num_candidates=2, horizon=4, mean_job_steps=0.6), True),
+    pytest.param(EVConfig(num_agents=4, horizon=4, decision_rows=2), False, marks=pytest.mark.slow)])
 def test_per_agent_gradients_equal_a_direct_grad_of_each_agents_surrogate(env, same):
     config = train.TrainConfig(env=env, updates_per_episode=1)
     learner = train.make_learner(config)

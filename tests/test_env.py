@@ -25,7 +25,7 @@ SERVE_ALL_TO_FIRST, RANDOM_CANDIDATE, ANY_SERVER = 0, 1, 2  # action rules of `r
 
 
 class Transition(NamedTuple):
-    state: env.EnvState  # before the step
+    state: env.CloudState  # before the step
     actions: jax.Array
     obs: jax.Array  # after the step
     reward: jax.Array
@@ -35,10 +35,10 @@ class Transition(NamedTuple):
 
 def choose_actions(key, state, params, rule):
     """(J,) servers: all to server 0, a random candidate of each job, or any server."""
-    num_slots, num_candidates = state.jobs.candidates.shape
-    column = jax.random.randint(key, (num_slots,), 0, num_candidates)
+    num_rows, num_candidates = state.jobs.candidates.shape
+    column = jax.random.randint(key, (num_rows,), 0, num_candidates)
     candidate = jnp.take_along_axis(state.jobs.candidates, column[:, None], axis=1)[:, 0]
-    anywhere = jax.random.randint(key, (num_slots,), 0, params.num_servers, dtype=jnp.int32)
+    anywhere = jax.random.randint(key, (num_rows,), 0, params.num_servers, dtype=jnp.int32)
     return jnp.select([rule == RANDOM_CANDIDATE, rule == ANY_SERVER], [candidate, anywhere],
                       jnp.zeros_like(candidate)).astype(jnp.int32)
 
@@ -74,7 +74,7 @@ def tiny_state(backlog, sizes):
     jobs = env.Jobs(size=jnp.array(sizes, jnp.float32),
                     candidates=jnp.tile(jnp.arange(3, dtype=jnp.int32), (2, 1)), valid=jnp.ones(2, bool),
                     num_overflow=jnp.zeros((), jnp.int32), agent=jnp.arange(2, dtype=jnp.int32))
-    return env.EnvState(backlog=jnp.array(backlog, jnp.float32), recent_utilisation=jnp.zeros(3, jnp.float32),
+    return env.CloudState(backlog=jnp.array(backlog, jnp.float32), recent_utilisation=jnp.zeros(3, jnp.float32),
                         burst_steps_left=jnp.zeros((), jnp.int32), time=jnp.zeros((), jnp.int32), jobs=jobs)
 
 
@@ -124,9 +124,9 @@ def test_memoryless_drops_the_backlog_left_after_service(tiny_memoryless_params)
 
 ORACLE_CONFIGS = (
     TINY_CONFIG,  # N = 2, M = 3, all candidates, J = 2
-    env.EnvConfig(num_agents=5, servers_per_agent=1.0, num_candidates=2, candidate_sampling="uniform",
+    env.CloudConfig(num_agents=5, servers_per_agent=1.0, num_candidates=2, candidate_sampling="uniform",
                   mean_job_steps=1.0, memoryless=True),  # M = 5, J = 5
-    env.EnvConfig(num_agents=8, servers_per_agent=0.75, num_candidates=3, mean_job_steps=1.0),  # M = 6, J = 8
+    env.CloudConfig(num_agents=8, servers_per_agent=0.75, num_candidates=3, mean_job_steps=1.0),  # M = 6, J = 8
 )
 ORACLE_PARAMS = tuple(env.make_params(c) for c in ORACLE_CONFIGS)
 f32 = functools.partial(st.floats, width=32, allow_nan=False, allow_infinity=False)
@@ -135,7 +135,7 @@ f32 = functools.partial(st.floats, width=32, allow_nan=False, allow_infinity=Fal
 @st.composite
 def oracle_cases(draw):
     params = draw(st.sampled_from(ORACLE_PARAMS))
-    m, j = params.num_servers, params.num_slots
+    m, j = params.num_servers, params.num_rows
     params = params.replace(
         capacity=jnp.asarray(draw(st.lists(f32(0.125, 4.0), min_size=m, max_size=m)), jnp.float32),
         mean_job_steps=jnp.asarray(draw(f32(0.5, 20.0)), jnp.float32),
@@ -152,7 +152,7 @@ def oracle_cases(draw):
                     candidates=jnp.zeros((j, params.num_candidates), jnp.int32), valid=jnp.array(valid),
                     num_overflow=jnp.asarray(num_overflow, jnp.int32),
                     agent=jnp.where(jnp.array(valid), jnp.arange(j), params.num_agents).astype(jnp.int32))
-    state = env.EnvState(backlog=jnp.asarray(backlog, jnp.float32), recent_utilisation=jnp.zeros(m, jnp.float32),
+    state = env.CloudState(backlog=jnp.asarray(backlog, jnp.float32), recent_utilisation=jnp.zeros(m, jnp.float32),
                          burst_steps_left=jnp.zeros((), jnp.int32), time=jnp.zeros((), jnp.int32), jobs=jobs)
     return params, state, jnp.asarray(servers, jnp.int32), draw(st.integers(0, 2**31 - 1))
 
@@ -272,7 +272,7 @@ def mean_waiting_time_per_seed(keys, params, num_steps, warmup):
 
 
 def test_single_server_waiting_time_matches_pollaczek_khinchine():
-    config = env.EnvConfig(num_agents=1, servers_per_agent=1.0, num_candidates=1, diurnal_amplitude=0.0,
+    config = env.CloudConfig(num_agents=1, servers_per_agent=1.0, num_candidates=1, diurnal_amplitude=0.0,
                            large_fraction=0.0, small_sigma=0.5, buffer_time=1e4,
                            mean_job_steps=QUEUE_MEAN_JOB_STEPS, utilisation=QUEUE_UTILISATION,
                            horizon=QUEUE_STEPS + 1)
@@ -318,7 +318,7 @@ NUM_STEPS = 12
 
 @st.composite
 def env_configs(draw):
-    config = env.EnvConfig(
+    config = env.CloudConfig(
         num_agents=draw(st.integers(1, 60)),
         servers_per_agent=draw(st.sampled_from([0.1, 0.5, 1.0, 1.5])),
         num_candidates=draw(st.integers(1, 12)),
@@ -347,7 +347,7 @@ def test_invariants_on_random_configs(config, seed):
     final, traj = jax.vmap(run, in_axes=(None, None, 0))(key, params, rules)
     final, traj = to_numpy(final), to_numpy(traj)
     info, jobs = traj.info, traj.state.jobs
-    m, j = params.num_servers, params.num_slots
+    m, j = params.num_servers, params.num_rows
 
     assert traj.state.backlog.shape == (2, NUM_STEPS, m) and jobs.size.shape == (2, NUM_STEPS, j)
     assert np.all((traj.actions >= 0) & (traj.actions < m))
@@ -414,7 +414,7 @@ def test_invariants_on_random_configs(config, seed):
 # Common random numbers: the jobs come from the key alone.
 
 
-EPISODE_CONFIG = env.EnvConfig(num_agents=20, horizon=100, burst_rate=0.5, mean_job_steps=2.0)
+EPISODE_CONFIG = env.CloudConfig(num_agents=20, horizon=100, burst_rate=0.5, mean_job_steps=2.0)
 EPISODE_STEPS = EPISODE_CONFIG.horizon + 3  # one day and three steps of the next (one compilation for all)
 
 
@@ -448,7 +448,7 @@ def test_full_jitted_episode_is_finite_and_truncates_at_the_horizon():
     horizon = params.horizon
     final, traj = rollout(jax.random.key(7), params, jnp.asarray(RANDOM_CANDIDATE), EPISODE_STEPS)
     chex.assert_tree_all_finite((final, traj.obs, traj.reward, traj.state))
-    chex.assert_shape(traj.obs, (horizon + 3, params.num_slots, params.num_candidates, env.NUM_JOB_FEATURES))
+    chex.assert_shape(traj.obs, (horizon + 3, params.num_rows, params.num_candidates, env.NUM_JOB_FEATURES))
     traj = to_numpy(traj)
     info = traj.info
     truncated_at = np.flatnonzero(info["truncated"])
@@ -518,8 +518,8 @@ def test_step_compiles_once(tiny_params):
 
 @pytest.mark.parametrize("num_agents", [1, 2, 5, 200])
 def test_shapes_and_dtypes(num_agents):
-    params = env.make_params(env.EnvConfig(num_agents=num_agents))
-    m, k, j = params.num_servers, params.num_candidates, params.num_slots
+    params = env.make_params(env.CloudConfig(num_agents=num_agents))
+    m, k, j = params.num_servers, params.num_candidates, params.num_rows
     assert (m, k) == (max(1, math.ceil(num_agents / 2)), min(8, m)) and 1 <= j <= num_agents
 
     @jax.jit
@@ -573,27 +573,27 @@ def test_shapes_and_dtypes(num_agents):
 ])
 def test_invalid_config_field_is_named(field, value):
     with pytest.raises(ValueError, match=field):
-        env.make_params(env.EnvConfig(**{field: value}))
+        env.make_params(env.CloudConfig(**{field: value}))
 
 
 def test_peak_arrival_probability_above_one_is_rejected():
     # p0 = rho M / (N mean_job_steps) = 1.0 * 20 / (10 * 0.6) = 3.3 jobs per agent per step.
-    config = env.EnvConfig(num_agents=10, servers_per_agent=2.0, mean_job_steps=0.6, utilisation=1.0)
+    config = env.CloudConfig(num_agents=10, servers_per_agent=2.0, mean_job_steps=0.6, utilisation=1.0)
     with pytest.raises(ValueError, match="peak arrival probability"):
         env.make_params(config)
     # The daily peak alone: p0 = 0.75 * 5 / (10 * 0.5) = 0.75 is fine flat, 0.75 * 1.5 = 1.125 at the peak.
-    env.make_params(env.EnvConfig(num_agents=10, mean_job_steps=0.5, diurnal_amplitude=0.0))
+    env.make_params(env.CloudConfig(num_agents=10, mean_job_steps=0.5, diurnal_amplitude=0.0))
     with pytest.raises(ValueError, match="peak arrival probability"):
-        env.make_params(env.EnvConfig(num_agents=10, mean_job_steps=0.5, diurnal_amplitude=0.5))
+        env.make_params(env.CloudConfig(num_agents=10, mean_job_steps=0.5, diurnal_amplitude=0.5))
 
 
 @pytest.mark.parametrize("field, value", [("small_sigma", 5.5), ("large_scale", 1e26), ("large_clip", 1e16)])
 def test_unusable_size_parameters_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):
-        env.make_params(env.EnvConfig(num_agents=4, **{field: value}))
+        env.make_params(env.CloudConfig(num_agents=4, **{field: value}))
 
 
-def analytic_mean_size(config: env.EnvConfig) -> float:
+def analytic_mean_size(config: env.CloudConfig) -> float:
     """Mean of the unscaled bimodal size in float64: lognormal mean exp(s^2/2) and the
     clipped Pareto's xm (1 + (c^(1-a) - 1)/(1 - a)) (xm (1 + log c) at a = 1)."""
     a, c, xm = config.large_shape, config.large_clip, config.large_scale
@@ -613,7 +613,7 @@ def test_accepted_size_parameters_give_positive_sizes_with_mean_one(overrides):
     """A config that validates gives usable jobs: every sampled size finite and > 0, and
     the sample mean 1 within 5 standard errors (the sizes are rescaled by the mean), and
     the mean used for the rescaling equals the float64 formula."""
-    config = env.EnvConfig(num_agents=4, **overrides)
+    config = env.CloudConfig(num_agents=4, **overrides)
     params = env.make_params(config)
     sizes = np.asarray(jax.jit(lambda k: arrivals.sample_sizes(k, params, (200_000,)))(jax.random.key(0)), np.float64)
     assert np.all(np.isfinite(sizes)) and np.all(sizes > 0), (overrides, sizes.min(), sizes.max())

@@ -95,10 +95,10 @@ OBS_TIME = 7
 
 @functools.lru_cache(maxsize=None)
 def obs_params():
-    config = env.EnvConfig(num_agents=4, servers_per_agent=1.0, num_candidates=3, mean_job_steps=2.0, horizon=48,
+    config = env.CloudConfig(num_agents=4, servers_per_agent=1.0, num_candidates=3, mean_job_steps=2.0, horizon=48,
                            burst_rate=0.5)
     params = env.make_params(config).replace(capacity=jnp.asarray(OBS_CAPACITY, jnp.float32))
-    assert (params.num_servers, params.num_candidates, params.num_slots) == (4, 3, 4)
+    assert (params.num_servers, params.num_candidates, params.num_rows) == (4, 3, 4)
     assert not params.all_candidates
     return params
 
@@ -174,7 +174,7 @@ def test_server_observation_features_equal_hand_values():
 # ---------------------------------------------------------------------------------------
 # 3. Diurnal arrival probability and the empirical arrival frequency of sample_jobs.
 
-ARRIVAL_CONFIG = env.EnvConfig(num_agents=200, mean_job_steps=1.0, burst_rate=0.5, burst_factor=1.5)
+ARRIVAL_CONFIG = env.CloudConfig(num_agents=200, mean_job_steps=1.0, burst_rate=0.5, burst_factor=1.5)
 # p0 = 0.75 * 100 / (200 * 1) = 0.375; peak with a burst 0.375 * 1.25 * 1.5 = 0.70.
 
 
@@ -193,7 +193,7 @@ def test_arrival_probability_is_the_daily_sine():
     # The README's numbers: p0 = rho M / (N mean_job_steps); lowest at t = 0, highest at T / 2.
     assert hand_arrival_probability(params, 0, False) == pytest.approx(0.375 * 0.75, rel=1e-5)
     assert hand_arrival_probability(params, 500, False) == pytest.approx(0.375 * 1.25, rel=1e-5)
-    default = env.make_params(env.EnvConfig())
+    default = env.make_params(env.CloudConfig())
     assert float(arrivals.arrival_probability(default, jnp.asarray(250), jnp.asarray(False))) == pytest.approx(
         0.0375, rel=1e-5)
 
@@ -225,7 +225,7 @@ def test_empirical_arrival_frequency_matches_the_probability(time, burst):
 # ---------------------------------------------------------------------------------------
 # 4. Bursts.
 
-BURST_CONFIG = env.EnvConfig(num_agents=20, mean_job_steps=2.0, burst_rate=0.5, burst_duration=2.2)
+BURST_CONFIG = env.CloudConfig(num_agents=20, mean_job_steps=2.0, burst_rate=0.5, burst_duration=2.2)
 # start probability 0.5 / 2 = 0.25 per step; length ceil(2.2 * 2) = ceil(4.4) = 5 (round and floor give 4).
 BURST_LENGTH = 5
 
@@ -292,7 +292,7 @@ def test_burst_runs_in_a_chain_have_exactly_the_burst_length():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_capacity_weighted_candidates_follow_capacity(seed):
-    params = env.make_params(env.EnvConfig(num_agents=32, num_candidates=4))  # M = 16, the catalog mix
+    params = env.make_params(env.CloudConfig(num_agents=32, num_candidates=4))  # M = 16, the catalog mix
     assert params.num_servers == 16 and params.num_candidates == 4 and params.capacity_weighted
     cand = np.asarray(arrivals.sample_candidates(jax.random.key(seed), params, 5000))
     assert cand.shape == (5000, 4)
@@ -306,7 +306,7 @@ def test_capacity_weighted_candidates_follow_capacity(seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_uniform_candidates_are_uniform(seed):
-    params = env.make_params(env.EnvConfig(num_agents=32, num_candidates=4, candidate_sampling="uniform"))
+    params = env.make_params(env.CloudConfig(num_agents=32, num_candidates=4, candidate_sampling="uniform"))
     assert not params.capacity_weighted
     cand = np.asarray(arrivals.sample_candidates(jax.random.key(seed), params, 5000))
     counts = np.bincount(cand.ravel(), minlength=16)
@@ -343,7 +343,7 @@ def test_clipped_pareto_mean_formula_by_quadrature():
 
 
 def size_params(**replace):
-    params = env.make_params(env.EnvConfig(num_agents=4))
+    params = env.make_params(env.CloudConfig(num_agents=4))
     return params.replace(**{k: jnp.asarray(v, jnp.float32) for k, v in replace.items()})
 
 
@@ -472,19 +472,19 @@ def test_fleet_mean_is_one_and_counts_are_within_one_of_the_share():
 
 
 def test_homogeneous_fleet_has_equal_servers_of_the_catalog_total():
-    catalog = env.make_params(env.EnvConfig(num_agents=40))
-    homogeneous = env.make_params(env.EnvConfig(num_agents=40, fleet="homogeneous"))
+    catalog = env.make_params(env.CloudConfig(num_agents=40))
+    homogeneous = env.make_params(env.CloudConfig(num_agents=40, fleet="homogeneous"))
     np.testing.assert_array_equal(f64(homogeneous.capacity), np.ones(20))
     assert f64(homogeneous.capacity).sum() == pytest.approx(f64(catalog.capacity).sum(), rel=1e-6)
     assert len(set(f64(catalog.capacity).tolist())) > 1
     with pytest.raises(ValueError, match="fleet"):
-        env.EnvConfig(fleet="uniform").validate()
+        env.CloudConfig(fleet="uniform").validate()
 
 
 # ---------------------------------------------------------------------------------------
 # 8. Slot overflow at a real overload.
 
-OVERLOAD_CONFIG = env.EnvConfig(num_agents=50, mean_job_steps=2.0)  # M = 25, J sized for rho = 0.75
+OVERLOAD_CONFIG = env.CloudConfig(num_agents=50, mean_job_steps=2.0)  # M = 25, J sized for rho = 0.75
 OVERLOAD_UTILISATION = 3.5  # p0 = 3.5 * 25 / (50 * 2) = 0.875: about 33 arrivals a step for 34 slots
 OVERLOAD_STEPS, OVERLOAD_SEEDS = 40, 16
 
@@ -510,8 +510,8 @@ def overload_rollout(keys, params):
 
 def test_slot_overflow_is_counted_and_charged():
     params = env.make_params(OVERLOAD_CONFIG)
-    j, n = params.num_slots, params.num_agents
-    assert j == OVERLOAD_CONFIG.num_slots == 34
+    j, n = params.num_rows, params.num_agents
+    assert j == OVERLOAD_CONFIG.num_rows == 34
     params = params.replace(utilisation=jnp.asarray(OVERLOAD_UTILISATION, jnp.float32))
     out = jax.tree.map(np.asarray, overload_rollout(jax.random.split(jax.random.key(4), OVERLOAD_SEEDS), params))
     penalty_steps = float(params.rejection_penalty) * float(params.mean_job_steps)

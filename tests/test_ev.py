@@ -38,13 +38,13 @@ DEFAULT = ev.EVConfig(num_agents=50)
 # Overflowing rows (J = 3), short stays (departures near 21:00 give undelivered energy),
 # hourly slots, the overload term on: exercises every accounting rule, and the reference
 # must stay a lower bound under a non-quadratic convex cost.
-STRESS = ev.EVConfig(num_agents=40, horizon=24, decision_slots=3, departure_mean_hour=21.0, energy_mean=15.0,
+STRESS = ev.EVConfig(num_agents=40, horizon=24, decision_rows=3, departure_mean_hour=21.0, energy_mean=15.0,
                      overload_weight=5.0, capacity_per_agent=2.0)
 
 
 def wild_policy(key, state, params):
     """Candidate indices in [-1, k], so some are out of range (taken as candidate 0)."""
-    return jax.random.randint(key, (params.num_slots,), -1, params.num_candidates + 1, dtype=jnp.int32)
+    return jax.random.randint(key, (params.num_rows,), -1, params.num_candidates + 1, dtype=jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -164,7 +164,7 @@ def test_episode_replays_slot_by_slot_and_balances_energy():
     day, arrivals, actions, records, metrics = jax.device_get(
         _days((wild_policy,), 0, params, seed_keys(3, 1)))
     day, arrivals, actions, records, metrics = jax.tree.map(lambda x: x[0], (day, arrivals, actions, records, metrics))
-    dt, k, j = params.slot_hours, params.num_candidates, params.num_slots
+    dt, k, j = params.slot_hours, params.num_candidates, params.num_rows
     load = np.zeros(params.horizon)
     demanded = undelivered = 0.0
     overflow = invalid = 0
@@ -244,7 +244,7 @@ def _evening_guidance(potential, params, key):
     time = jnp.int32(12)
     ev_load = jax.random.uniform(load_key, (params.horizon,)) * params.num_agents * 2.0
     state = state.replace(time=time, ev_load=ev_load, arrivals=pack_arrivals(state.day, time, params))
-    actions = jax.random.randint(action_key, (params.num_slots,), 0, params.num_candidates)
+    actions = jax.random.randint(action_key, (params.num_rows,), 0, params.num_candidates)
     obs = ev.candidate_observation(state, params)
     per_slot, global_features = ev.slot_observation(state, params)
     guidance = ev.step_guidance(state, actions, params, potential)
@@ -277,7 +277,7 @@ def test_guidance_equals_brute_force_potential_difference(potential):
     np.testing.assert_allclose(guidance, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     assert np.all(guidance[~rows.valid] == 0)
     # Observations: shapes, finite, zero on empty rows.
-    chex.assert_shape(obs, (params.num_slots, params.num_candidates, ev.NUM_CANDIDATE_FEATURES))
+    chex.assert_shape(obs, (params.num_rows, params.num_candidates, ev.NUM_CANDIDATE_FEATURES))
     chex.assert_shape(per_slot, (params.horizon, ev.NUM_SLOT_FEATURES))
     chex.assert_shape(global_features, (ev.NUM_GLOBAL_FEATURES,))
     chex.assert_tree_all_finite((obs, per_slot, global_features))
@@ -317,7 +317,7 @@ def test_jit_vmap_over_seeds_of_a_whole_episode():
     params = ev.make_params(DEFAULT)
     _, arrivals, actions, records, metrics = _days(BASELINE_POLICIES, BASELINE_NAMES.index("random"), params,
                                                    seed_keys(5, 2))
-    chex.assert_shape(actions, (2, params.horizon, params.num_slots))
+    chex.assert_shape(actions, (2, params.horizon, params.num_rows))
     chex.assert_shape(records.load, (2, params.horizon))
     chex.assert_shape(metrics.total_cost, (2,))
     chex.assert_tree_all_finite((records, metrics))
@@ -331,7 +331,7 @@ def test_step_auto_resets_at_the_end_of_the_day_and_traces_once():
     last = params.horizon - 1
     state = state.replace(time=jnp.int32(last), arrivals=pack_arrivals(state.day, jnp.int32(last), params),
                           ev_load=jnp.ones((params.horizon,)))
-    actions = jnp.zeros((params.num_slots,), jnp.int32)
+    actions = jnp.zeros((params.num_rows,), jnp.int32)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -342,7 +342,7 @@ def test_step_auto_resets_at_the_end_of_the_day_and_traces_once():
     assert bool(done) and bool(info["truncated"]) and not bool(info["terminated"])
     assert int(new_state.time) == 0 and float(new_state.ev_load.sum()) == 0.0
     assert not np.array_equal(new_state.day.arrival, state.day.arrival)
-    chex.assert_shape(obs, (params.num_slots, params.num_candidates, ev.NUM_CANDIDATE_FEATURES))
+    chex.assert_shape(obs, (params.num_rows, params.num_candidates, ev.NUM_CANDIDATE_FEATURES))
     _, mid_state, _, mid_done, _ = step(jax.random.key(1), state.replace(time=jnp.int32(5)), actions)
     assert not bool(mid_done) and int(mid_state.time) == 6
     assert float(reward) < 0
@@ -371,7 +371,7 @@ def test_sampled_day_follows_its_distributions():
 
 BAD_VALUES = [
     ("num_agents", 0), ("num_agents", True), ("horizon", 1), ("horizon", 48.0), ("day_start_hour", 24.0),
-    ("num_candidates", 0), ("decision_slots", 0), ("decision_slots", 51), ("arrival_mean_hour", -1.0),
+    ("num_candidates", 0), ("decision_rows", 0), ("decision_rows", 51), ("arrival_mean_hour", -1.0),
     ("arrival_sd_hours", 0.0), ("departure_sd_hours", -1.0), ("energy_mean", 0.0), ("energy_sigma", 4.0),
     ("energy_max", float("nan")), ("power_levels", ()), ("power_levels", (3.7, -1.0, 11.0)),
     ("power_probabilities", (0.5, 0.6, 0.2)), ("power_probabilities", (0.5, 0.5)),
@@ -480,8 +480,9 @@ def test_dgpg_improves_the_initial_policy_within_10_episodes_at_n50(ev_learning)
 
 
 def test_potential_greedy_checks_alignment_before_training():
-    """Ascending either named potential, all rows at once, beats a random window on the
-    same days (the alignment check of the README); rows carry the reference ratio."""
+    """Ascending either named potential (rows in turn, `potential_greedy`) beats a random
+    window on the same days (the alignment check of docs/task.md); rows carry the
+    reference ratio."""
     task = DEFAULT.make_task()
     rows = evaluate.evaluate_policies([("random", ev.BASELINES["random"]),
                                        ("valley", evaluate.potential_greedy(task, "valley")),

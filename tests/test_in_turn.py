@@ -1,4 +1,4 @@
-"""In-turn decisions (`EnvConfig(decisions="in_turn")`): the jobs of a step decide in agent
+"""In-turn decisions (`CloudConfig(decisions="in_turn")`): the jobs of a step decide in agent
 order, each seeing the work the earlier jobs of its step sent; and tentative ones
 (`"tentative"`): each job picks twice, the second time seeing the others' first picks.
 
@@ -23,10 +23,10 @@ from dgpg_jax.tasks.cloud.dynamics import earlier_work
 from dgpg_jax.tasks.cloud.observation import current_reference_share
 from dgpg_jax.tasks.cloud.guidance import POTENTIALS, make_aggregates
 
-IN_TURN = env.EnvConfig(num_agents=200, decisions="in_turn")
+IN_TURN = env.CloudConfig(num_agents=200, decisions="in_turn")
 
 
-def busy_states(config: env.EnvConfig, steps: int, seed: int = 0) -> list:
+def busy_states(config: env.CloudConfig, steps: int, seed: int = 0) -> list:
     """States of `steps` consecutive steps under Best-Fit (queues non-empty, several jobs a
     step), those with at least two jobs."""
     task = config.make_task()
@@ -84,7 +84,7 @@ def greedy_choose(beta: float):
 def test_each_job_sees_the_work_of_the_earlier_jobs_of_its_step():
     task = IN_TURN.make_task()
     params = task.params
-    decide = jax.jit(lambda s, k: task.decide(s, params, random_choose, jax.random.split(k, params.num_slots)))
+    decide = jax.jit(lambda s, k: task.decide(s, params, random_choose, jax.random.split(k, params.num_rows)))
     seen_more = 0
     for t, state in enumerate(busy_states(IN_TURN, 40)[-6:]):
         obs, choice = decide(state, jax.random.key(t))
@@ -107,7 +107,7 @@ def test_tentative_jobs_see_the_other_jobs_first_picks():
     task = config.make_task()
     params = task.params
     decide = jax.jit(lambda s: task.decide(s, params, greedy_choose(0.0), jax.random.split(jax.random.key(0),
-                                                                                          params.num_slots)))
+                                                                                          params.num_rows)))
     jsq = jax.jit(lambda s: baselines.BASELINES["jsq"](None, s, params))
     moved = 0
     for state in busy_states(config, 40)[-6:]:
@@ -135,7 +135,7 @@ def test_the_in_turn_greedy_as_a_fixed_actor_reproduces_it_exactly(name, beta):
     task = IN_TURN.make_task()
     params = task.params
     decide = jax.jit(lambda s: task.to_actions(s, task.decide(
-        s, params, greedy_choose(beta), jax.random.split(jax.random.key(0), params.num_slots))[1]))
+        s, params, greedy_choose(beta), jax.random.split(jax.random.key(0), params.num_rows))[1]))
     greedy = jax.jit(lambda s: baselines.BASELINES[name](None, s, params))
     simultaneous = jax.jit(lambda s: baselines.pick_candidate(s.jobs.candidates, jax.vmap(greedy_choose(beta))(
         None, task.observe(s, params))))
@@ -173,7 +173,7 @@ def test_in_turn_guidance_sums_to_the_change_of_the_potential(name):
     params, potential = task.params, POTENTIALS[name]
     guide = jax.jit(lambda s, c: task.guidance(potential, s, c, params, True))
     decide = jax.jit(lambda s: task.decide(s, params, greedy_choose(-0.5),
-                                                    jax.random.split(jax.random.key(0), params.num_slots))[1])
+                                                    jax.random.split(jax.random.key(0), params.num_rows))[1])
     mu = env.service_rate(params)
     for state in busy_states(IN_TURN, 60)[-4:]:
         choice = decide(state)
@@ -193,9 +193,9 @@ def test_in_turn_guidance_sums_to_the_change_of_the_potential(name):
 def test_default_potential_follows_the_decisions():
     """In turn (the default), the default potential is light_congestion, the measured best
     there; deciding at once or tentatively, area. Every potential stays available by name."""
-    assert env.EnvConfig().decisions == "in_turn"
+    assert env.CloudConfig().decisions == "in_turn"
     for decisions, first in (("in_turn", "light_congestion"), ("simultaneous", "area"), ("tentative", "area")):
-        task = env.EnvConfig(decisions=decisions).make_task()
+        task = env.CloudConfig(decisions=decisions).make_task()
         assert next(iter(task.potentials)) == first and task.get_potential(None) is POTENTIALS[first]
         assert set(task.potentials) == set(POTENTIALS)
     assert train.make_learner(train.TrainConfig()).potential is POTENTIALS["light_congestion"]
@@ -219,7 +219,7 @@ def test_learned_policy_in_turn_runs_the_actor_job_by_job():
     np.testing.assert_array_equal(np.asarray(servers)[valid], np.asarray(task.to_actions(state, choice))[valid])
 
 
-IN_TURN_TRAIN = train.TrainConfig(env=env.EnvConfig(num_agents=20, horizon=60, decisions="in_turn"), num_episodes=3,
+IN_TURN_TRAIN = train.TrainConfig(env=env.CloudConfig(num_agents=20, horizon=60, decisions="in_turn"), num_episodes=3,
                                   updates_per_episode=2)
 
 

@@ -22,7 +22,7 @@ import pytest
 from dgpg_jax import evaluate, train, validation
 from dgpg_jax.tasks import cloud as env
 from dgpg_jax.tasks import ev
-from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax.tasks.cloud import CloudConfig
 from dgpg_jax.tasks.ev import EVConfig
 from dgpg_jax.validation import MAX_AGENTS, MAX_HORIZON, MAX_SEEDS, SEED_MAX, check_seeds
 from conftest import at_once
@@ -43,12 +43,12 @@ def nothing_built(monkeypatch):
 
 
 @pytest.mark.parametrize("config, message", [
-    (EnvConfig(num_agents=2**31 - 1), rf"^num_agents=2147483647 is invalid: allowed an integer in \[1, {MAX_AGENTS}\]"),
+    (CloudConfig(num_agents=2**31 - 1), rf"^num_agents=2147483647 is invalid: allowed an integer in \[1, {MAX_AGENTS}\]"),
     (EVConfig(num_agents=2**31 - 1), rf"^num_agents=2147483647 is invalid: allowed an integer in \[1, {MAX_AGENTS}\]"),
-    (EnvConfig(horizon=2**40), rf"^horizon=1099511627776 is invalid: allowed an integer in \[1, {MAX_HORIZON}\]"),
+    (CloudConfig(horizon=2**40), rf"^horizon=1099511627776 is invalid: allowed an integer in \[1, {MAX_HORIZON}\]"),
     (EVConfig(horizon=2**40), r"^horizon=1099511627776 is invalid"),
     # M = ceil(servers_per_agent x N) = 10^7 servers
-    (EnvConfig(num_agents=1000, servers_per_agent=1e4), r"^servers_per_agent=10000.0 is invalid: allowed at most"),
+    (CloudConfig(num_agents=1000, servers_per_agent=1e4), r"^servers_per_agent=10000.0 is invalid: allowed at most"),
 ])
 def test_huge_sizes_are_refused_at_once(config, message, nothing_built):
     start = time.perf_counter()
@@ -58,26 +58,26 @@ def test_huge_sizes_are_refused_at_once(config, message, nothing_built):
 
 
 @pytest.mark.parametrize("config", [
-    EnvConfig(num_agents=100_000, horizon=100_000),  # J ~ 5000 rows x k = 8 per step
-    EVConfig(num_agents=200_000, horizon=1440, num_candidates=64, decision_slots=100_000),
+    CloudConfig(num_agents=100_000, horizon=100_000),  # J ~ 5000 rows x k = 8 per step
+    EVConfig(num_agents=200_000, horizon=1440, num_candidates=64, decision_rows=100_000),
 ])
 def test_an_episode_too_large_for_one_array_is_refused_naming_the_fields(config, monkeypatch):
     monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled"))
-    with pytest.raises(ValueError, match=r"^horizon x num_slots x num_candidates=\d+ is invalid: allowed a product "
-                                         rf"<= {2**31 - 1} .*horizon={config.horizon}, num_slots=\d+, num_candidates="):
+    with pytest.raises(ValueError, match=r"^horizon x num_rows x num_candidates=\d+ is invalid: allowed a product "
+                                         rf"<= {2**31 - 1} .*horizon={config.horizon}, num_rows=\d+, num_candidates="):
         config.validate()
 
 
 def test_every_size_the_experiments_use_stays_valid():
     """The largest of each family: N = 1500 in the three cloud settings and EV charging,
     the gap experiment's 3600-step day with all servers as candidates, 4096 seeds."""
-    cloud = [EnvConfig(num_agents=1500, decisions=d) for d in ("simultaneous", "in_turn")] + [
-        EnvConfig(num_agents=1500, horizon=200, memoryless=True, mean_job_steps=0.6, candidate_sampling="uniform",
+    cloud = [CloudConfig(num_agents=1500, decisions=d) for d in ("simultaneous", "in_turn")] + [
+        CloudConfig(num_agents=1500, horizon=200, memoryless=True, mean_job_steps=0.6, candidate_sampling="uniform",
                   decisions="simultaneous"),
-        EnvConfig(num_agents=200, mean_job_steps=30, horizon=3600, num_candidates=2000, decisions="simultaneous")]
+        CloudConfig(num_agents=200, mean_job_steps=30, horizon=3600, num_candidates=2000, decisions="simultaneous")]
     for config in cloud + [EVConfig(num_agents=1500)]:
         config.validate()
-        check_seeds(4096, 0, config.episode_rows)
+        check_seeds(4096, 0, config.make_task().episode_rows)
 
 
 @pytest.mark.parametrize("seeds, seed, rows, field", [
@@ -106,7 +106,7 @@ def test_check_seeds_accepts_the_edges():
 def test_cloud_actions_of_the_wrong_length_are_refused_under_jit(tiny_params):
     key = jax.random.key(0)
     state = jax.eval_shape(lambda k: env.reset(k, tiny_params)[1], key)  # shapes are all the check reads
-    assert tiny_params.num_slots == 2
+    assert tiny_params.num_rows == 2
     for shape in ((3,), (2, 1), ()):
         with pytest.raises(ValueError, match=rf"^actions.shape={re.escape(repr(shape))} is invalid: allowed "
                                              r"\(J,\) = \(2,\), one server index per job slot"):
@@ -116,7 +116,7 @@ def test_cloud_actions_of_the_wrong_length_are_refused_under_jit(tiny_params):
 
 def test_ev_actions_of_the_wrong_length_are_refused_under_jit():
     """`step`, `step_env` and the guidance of a step, every entry that takes the actions."""
-    params, key = ev.make_params(EVConfig(num_agents=6, horizon=8, decision_slots=3)), jax.random.key(0)
+    params, key = ev.make_params(EVConfig(num_agents=6, horizon=8, decision_rows=3)), jax.random.key(0)
     state = jax.eval_shape(lambda k: ev.reset(k, params)[1], key)
     entries = {"step": lambda s, a: ev.step(key, s, a, params), "step_env": lambda s, a: ev.step_env(s, a, params),
                "step_guidance": lambda s, a: ev.step_guidance(s, a, params)}
@@ -129,7 +129,7 @@ def test_ev_actions_of_the_wrong_length_are_refused_under_jit():
 
 # ----------------------------------------------------------------------------- Hyper
 
-TINY_TRAIN = train.TrainConfig(env=EnvConfig(num_agents=5, horizon=40), updates_per_episode=2)
+TINY_TRAIN = train.TrainConfig(env=CloudConfig(num_agents=5, horizon=40), updates_per_episode=2)
 
 
 @pytest.fixture(scope="module")

@@ -138,9 +138,9 @@ def test_seed_s_is_train_with_that_seed_and_high_load_is_sized(full):
     0.1 one's (which overflows at that load)."""
     out, result = full
     config = SWEEP.point_config("dgpg", 20, {"utilisation": 0.9})
-    assert train.make_learner(SWEEP.group_config("dgpg", 20)).task.params.num_slots == \
-        train.make_learner(config).task.params.num_slots == 20
-    assert train.make_learner(SWEEP.point_config("dgpg", 20, {"utilisation": 0.1})).task.params.num_slots < 20
+    assert train.make_learner(SWEEP.group_config("dgpg", 20)).task.params.num_rows == \
+        train.make_learner(config).task.params.num_rows == 20
+    assert train.make_learner(SWEEP.point_config("dgpg", 20, {"utilisation": 0.1})).task.params.num_rows < 20
     single = runner.run_training(config, seed=6, num_seeds=1, episodes_per_call=2)
     columns = runner.log_columns(single.logs, single.task)
     frame = rows(out)
@@ -223,7 +223,7 @@ def no_compile(*args, **kwargs):
 
 def test_other_arguments_into_the_same_directory_refused(full, monkeypatch):
     out, _ = full
-    monkeypatch.setattr(sweep, "chunk_program", no_compile)
+    monkeypatch.setattr(sweep.loop, "chunk_program", no_compile)
     before = (out / "sweep.json").read_text()
     with pytest.raises(ValueError, match="seeds=4"):
         sweep.run_sweep(dataclasses.replace(SWEEP, seeds=4), out, chunk_seeds=CHUNK)
@@ -243,7 +243,7 @@ def test_sweep_written_before_a_config_field_existed_resumes(full, tmp_path, mon
     saved = json.loads((out / "sweep.json").read_text())
     del saved["arguments"]["config"]["env.decisions"]
     (out / "sweep.json").write_text(json.dumps(saved))
-    monkeypatch.setattr(sweep, "chunk_program", no_compile)
+    monkeypatch.setattr(sweep.loop, "chunk_program", no_compile)
     result = sweep.run_sweep(SWEEP, out, chunk_seeds=CHUNK, bootstrap_reps=REPS)
     assert (result["chunks_run"], result["chunks_skipped"]) == (0, 2)
     in_turn = dataclasses.replace(BASE, env=dataclasses.replace(BASE.env, decisions="in_turn"))
@@ -260,7 +260,7 @@ def test_sweep_written_before_a_config_field_existed_resumes(full, tmp_path, mon
     ({"alpha": (0.5, 0.5)}, r"grid alpha.*at most once"),
 ])
 def test_grid_validated_before_compile(grid, parameter, tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "chunk_program", no_compile)
+    monkeypatch.setattr(sweep.loop, "chunk_program", no_compile)
     with pytest.raises(ValueError, match=parameter):
         sweep.run_sweep(dataclasses.replace(SWEEP, grid=grid), tmp_path / "sweep", chunk_seeds=CHUNK)
     assert not (tmp_path / "sweep").exists()

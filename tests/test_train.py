@@ -308,7 +308,7 @@ def synthetic_segment(config: train.TrainConfig, steps: int = 6):
     """A made-up rollout segment (L steps) with every field set, for the update's pieces."""
     learner = train.make_learner(config)
     params = learner.task.params
-    j, k, m = params.num_slots, params.num_candidates, params.num_servers
+    j, k, m = params.num_rows, params.num_candidates, params.num_servers
     rng = np.random.default_rng(0)
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     traj = train.Transition(
@@ -350,7 +350,7 @@ def test_exact_guidance_enters_the_loss_as_the_expectation():
     np.testing.assert_array_equal(np.asarray(advantage),
                                   np.asarray(train._advantages(learner, traj, jnp.float32(0.0), jnp.float32(0.0))[0]))
     runner_state = train.init_runner(learner, jax.random.key(0), train.default_hyper(config))
-    jobs = train._pack(traj, advantage, scaled, targets, train.packed_rows(config))
+    jobs = train._pack(traj, advantage, scaled, targets, train.packed_rows(config, learner.task))
     steps = train.StepBatch(traj.entity_features, traj.global_features, targets)
     with_guidance = train._loss(learner, runner_state.params, jobs, steps, alpha)[1][0]
     without = train._loss(learner, runner_state.params, jobs, steps, jnp.float32(0.0))[1][0]
@@ -382,11 +382,13 @@ def test_packed_rows_hand_value():
     N = 200, T = 1000, 4 updates: L = 250, p_peak = 0.046875, mean = 250 x 200 x p = 2343.75,
     rows = int(2343.75 + 6 x 48.41) + 32 = 2666, a multiple of 2 already."""
     config = train.TrainConfig(env=at_once(num_agents=200))
-    assert config.env.num_slots == 32
-    assert train.packed_rows(config) == 2666
+    assert config.env.num_rows == 32
+    assert train.packed_rows(config, config.env.make_task()) == 2666
     busy = dataclasses.replace(BASE, env=at_once(num_agents=2, servers_per_agent=1.0, mean_job_steps=1.0,
                                                    horizon=100))  # p_peak = 0.94: 94 + 6 sigma + 2 jobs > 100
-    assert train.packed_rows(busy) == 50 * 2  # capped at L x J
+    assert train.packed_rows(busy, busy.env.make_task()) == 50 * 2  # capped at L x J
+    # a task without a peak rate: every row of every step, L x J = 250 x 32
+    assert train.packed_rows(config, dataclasses.replace(config.env.make_task(), peak_rate=None)) == 8000
 
 
 def test_deterministic_learned_policy_takes_the_most_likely_candidate(dgpg_5):
@@ -397,7 +399,7 @@ def test_deterministic_learned_policy_takes_the_most_likely_candidate(dgpg_5):
     actor_params = runner_state.params["actor"]
     chosen = train.learned_policy(learner.task, learner.actor, actor_params, deterministic=True)(jax.random.key(3), state, params)
     logits = learner.actor.apply(actor_params, job_observation(state, params))
-    best = np.asarray(state.jobs.candidates)[np.arange(params.num_slots), np.asarray(jnp.argmax(logits, -1))]
+    best = np.asarray(state.jobs.candidates)[np.arange(params.num_rows), np.asarray(jnp.argmax(logits, -1))]
     np.testing.assert_array_equal(np.asarray(chosen), best)
 
 
@@ -524,9 +526,9 @@ def test_vmapped_init_has_no_batched_lapack_call():
 VMAP_SCRIPT = """
 import json, jax, numpy as np
 from dgpg_jax import train
-from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax.tasks.cloud import CloudConfig
 from dgpg_jax.evaluate import seed_keys
-config = train.TrainConfig(env=EnvConfig(decisions="simultaneous", num_agents=5, horizon=20), num_episodes=1, updates_per_episode=2)
+config = train.TrainConfig(env=CloudConfig(decisions="simultaneous", num_agents=5, horizon=20), num_episodes=1, updates_per_episode=2)
 _, logs = jax.jit(jax.vmap(train.make_train(config)))(seed_keys(0, 2))
 print(json.dumps(np.asarray(logs.ratio_to_reference).tolist()))
 """

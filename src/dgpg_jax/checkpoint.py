@@ -20,32 +20,13 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from dgpg_jax import rundir, registry
+from dgpg_jax import registry, rundir
+from dgpg_jax.configs import config_from_dict, config_to_dict, flatten
 from dgpg_jax.evaluate import seed_keys
 from dgpg_jax.networks import Actor
 from dgpg_jax.train import RunnerState, TrainConfig, default_hyper, init_runner, make_learner
 
 RESUMABLE_DIFFERENCES = ("num_episodes",)
-
-
-def config_to_dict(config: TrainConfig, seed: int, num_seeds: int) -> dict:
-    if callable(config.potential):
-        raise ValueError("potential is a function: only runs with a named potential can be saved")
-    return {"task": registry.task_name(config.env), "config": dataclasses.asdict(config), "seed": seed,
-            "seeds": num_seeds}
-
-
-def config_from_dict(data: dict) -> tuple[TrainConfig, int, int]:
-    """The inverse of `config_to_dict`; ValueError (naming what is wrong) for anything else."""
-    try:
-        fields = dict(data["config"])
-        env_class = registry.config_class(data.get("task", registry.DEFAULT_TASK))
-        fields["env"] = env_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields["env"].items()})
-        fields["hidden"] = tuple(fields["hidden"])
-        return TrainConfig(**fields), int(data["seed"]), int(data["seeds"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"config.json does not describe a dgpg run ({type(error).__name__}: {error}): "
-                         "allowed a file written by `dgpg train`") from None
 
 
 def save_config(run_dir: Path, config: TrainConfig, seed: int, num_seeds: int) -> None:
@@ -72,7 +53,7 @@ def check_resumable(saved: tuple[TrainConfig, int, int], wanted: tuple[TrainConf
     if (saved_seed, saved_seeds) != (seed, seeds):
         raise ValueError(f"resume: the checkpoint has seed={saved_seed}, seeds={saved_seeds}; "
                          f"this run asks for seed={seed}, seeds={seeds}: allowed the same seed and seeds")
-    old, new = _flatten(dataclasses.asdict(saved_config)), _flatten(dataclasses.asdict(config))
+    old, new = flatten(dataclasses.asdict(saved_config)), flatten(dataclasses.asdict(config))
     differing = [k for k in new if k not in RESUMABLE_DIFFERENCES and new[k] != old.get(k)]
     if differing:
         name = differing[0]
@@ -104,14 +85,6 @@ def resume_point(run_dir: Path, wanted: tuple[TrainConfig, int, int]) -> int:
         raise ValueError(f"num_episodes={wanted[0].num_episodes} is invalid for this resume: the run in "
                          f"{str(run_dir)!r} has done {done}; allowed at least {done}")
     return done
-
-
-def _flatten(fields: dict, prefix: str = "") -> dict:
-    """{"env": {"num_agents": 5}} -> {"env.num_agents": 5}."""
-    out = {}
-    for key, value in fields.items():
-        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
 
 
 CHECKPOINTS = "checkpoint"

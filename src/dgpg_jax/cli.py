@@ -20,18 +20,12 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 from dgpg_jax import registry
 
-PRESETS: dict[str, tuple[dict, dict]] = {
-    "default": ({}, {}),
-    # The paper's setting: backlog dropped every step, coarse steps, uniform candidates,
-    # jobs deciding at once, the tracking (`split`) potential, which is aligned exactly there.
-    "paper": ({"memoryless": True, "mean_job_steps": 0.6, "candidate_sampling": "uniform", "decisions": "simultaneous"},
-              {"potential": "split"}),
-}
 ENV_FLAG_ALIASES = {"num_candidates": ["--candidates"]}
 FLAG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "tuple[float, ...]": float}
 
@@ -47,8 +41,9 @@ def _field_docs(cls) -> dict[str, str]:
 
 
 def _add_env_flags(parser: argparse.ArgumentParser, task: str) -> None:
-    parser.add_argument("--task", choices=tuple(registry.TASKS), default=registry.DEFAULT_TASK,
-                        help=f"the system (default {registry.DEFAULT_TASK}); the flags below are this task's")
+    parser.add_argument("--task", default=registry.DEFAULT_TASK,
+                        help=f"the system: one of {', '.join(registry.TASKS)} (default {registry.DEFAULT_TASK}), or "
+                             "module:ConfigClass of your own; the flags below are this task's")
     config_class = registry.config_class(task)
     group = parser.add_argument_group(f"environment ({config_class.__name__}, task {task})")
     docs = _field_docs(config_class)
@@ -63,19 +58,20 @@ def _add_env_flags(parser: argparse.ArgumentParser, task: str) -> None:
             many = type_name.startswith("tuple")
             group.add_argument(*flags, dest=f"env.{field.name}", type=FLAG_TYPES[type_name], nargs="+" if many else None,
                                default=argparse.SUPPRESS, metavar=field.name.upper(), help=help_text)
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                        help="named setting of cloud scheduling; explicit flags override it "
-                             "(paper: memoryless, coarse steps, uniform candidates, split potential)")
+    presets = registry.presets(config_class)
+    parser.add_argument("--preset", default="default",
+                        help=f"a named setting of the task; explicit flags override it ({', '.join(presets)})")
 
 
 def _env_config(args):
-    if args.preset != "default" and args.task != registry.DEFAULT_TASK:
-        raise ValueError(f"preset={args.preset!r} is invalid for the {args.task} task: allowed default "
-                         f"(the presets are settings of {registry.DEFAULT_TASK})")
-    env_overrides, _ = PRESETS[args.preset]
+    env_class = registry.config_class(args.task)
+    presets = registry.presets(env_class)
+    if args.preset not in presets:
+        raise ValueError(f"preset={args.preset!r} is invalid for the {args.task} task: allowed one of {tuple(presets)}")
+    env_overrides, _ = presets[args.preset]
     given = {k.split(".", 1)[1]: tuple(v) if isinstance(v, list) else v
              for k, v in vars(args).items() if k.startswith("env.")}
-    return registry.config_class(args.task)(**{**env_overrides, **given}).validate()
+    return env_class(**{**env_overrides, **given}).validate()
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, episodes: int, seeds: int) -> None:
@@ -96,15 +92,13 @@ def _check_run_flags(args) -> None:
 def _add_train_flags(parser: argparse.ArgumentParser, task: str) -> None:
     from dgpg_jax.train import GUIDANCE_MODES
 
-    potentials = registry.POTENTIAL_NAMES[task]
+    potentials = registry.potential_names(registry.config_class(task))
     group = parser.add_argument_group("training (TrainConfig)")
     group.add_argument("--alpha", type=float, nargs="+", metavar="ALPHA",
                        help="guidance weight: one value = constant, two = linear from the first to the second "
                             "(default 0.9 0.2)")
     group.add_argument("--alpha-decay-episodes", type=int, help="episodes of the linear alpha decay (default 20)")
-    default = ("light_congestion in turn, area deciding at once, split in the paper preset"
-               if task == registry.DEFAULT_TASK else potentials[0])
-    group.add_argument("--potential", choices=potentials, help=f"guidance potential (default {default})")
+    group.add_argument("--potential", choices=potentials, help="guidance potential (default: the task's own)")
     group.add_argument("--guidance", choices=GUIDANCE_MODES, help="sampled or exact guidance (default sampled)")
     group.add_argument("--advantage-form", choices=("additive", "convex"),
                        help="how guidance enters (default additive)")
@@ -126,7 +120,7 @@ def _add_log_flag(parser: argparse.ArgumentParser) -> None:
 def _train_config(args, algo: str):
     from dgpg_jax.train import TrainConfig
 
-    _, train_overrides = PRESETS[args.preset]
+    _, train_overrides = registry.presets(registry.config_class(args.task))[args.preset]
     fields = dict(train_overrides)
     for name in ("potential", "guidance", "advantage_form", "first_order", "updates_per_episode", "learning_rate",
                  "alpha_decay_episodes"):
@@ -192,49 +186,6 @@ def _progress():
                     TextColumn("{task.fields[status]}"), console=Console(stderr=True), transient=True)
 
 
-@dataclasses.dataclass(frozen=True)
-class View:
-    """How a task's results are shown: table columns (key, header, format), units, the
-    baselines drawn as levels in learning-curve plots, and the plots' y label."""
-
-    eval_columns: list
-    summary_columns: list  # of a training run's summary (train) and of compare's rows
-    sweep_columns: list  # of a sweep configuration's pooled final metrics
-    units: str
-    plotted: tuple
-    ylabel: str
-    reference: str  # the reference, as the progress bar names it
-
-
-RUN_COLUMNS = [("episodes_to_converge", "episodes to converge", ".1f"), ("wall_seconds", "wall s", ".1f"),
-               ("compile_seconds", "compile s", ".1f")]
-VIEWS = {
-    "cloud-scheduling": View(
-        eval_columns=[("policy", "policy", ""), ("mean_response_time", "mean RT", ".3f"),
-                      ("p95_response_time", "p95", ".2f"), ("p99_response_time", "p99", ".2f"),
-                      ("ratio_to_best_fit", "/ Best-Fit", ".3f"), ("rejection_rate", "rejected", ".4f"),
-                      ("utilisation", "utilisation", ".3f"), ("mean_return", "return", ".1f")],
-        summary_columns=[("mean_response_time", "mean RT", ".3f"), ("p95_response_time", "p95", ".2f"),
-                         ("p99_response_time", "p99", ".2f"), ("best_fit_p99_response_time", "Best-Fit p99", ".2f"),
-                         ("ratio_to_best_fit", "/ Best-Fit", ".3f")],
-        sweep_columns=[("final_mean_response_time", "mean RT", ".3f"), ("final_p99_response_time", "p99", ".2f")],
-        units="response times in mean job times, pooled over all jobs of all seeds and episodes; "
-              "/ Best-Fit = ratio of the pooled means on the same traces",
-        plotted=("greedy", "bestfit_k", "jsq"), ylabel="mean response time / Best-Fit (same traces)",
-        reference="Best-Fit"),
-    "ev-charging": View(
-        eval_columns=[("policy", "policy", ""), ("total_cost", "cost", ".1f"), ("ratio_to_valley", "/ valley", ".3f"),
-                      ("peak_load", "peak kW", ".1f"), ("peak_to_average", "peak / mean", ".3f"),
-                      ("undelivered_energy", "undelivered kWh", ".2f"), ("episode_return", "return", ".2f")],
-        summary_columns=[("total_cost", "cost", ".1f"), ("valley_total_cost", "valley cost", ".1f"),
-                         ("ratio_to_valley", "/ valley", ".3f"), ("peak_to_average", "peak / mean", ".3f")],
-        sweep_columns=[("final_total_cost", "cost", ".1f"), ("final_peak_to_average", "peak / mean", ".3f")],
-        units="cost per day, mean over seeds and days; / valley = mean cost over the valley-filling bound on "
-              "the same days", plotted=("arrival", "random", "greedy"),
-        ylabel="cost / valley-filling bound (same days)", reference="valley filling"),
-}
-
-
 # ----------------------------------------------------------------------------- eval
 
 def _comma_list(name: str, spec: str, allowed: str) -> list[str]:
@@ -248,19 +199,18 @@ def _comma_list(name: str, spec: str, allowed: str) -> list[str]:
     return items
 
 
-def _policies(spec: str, beta: float | None, task):
+def _policies(spec: str, beta: float | None, task, view, task_name: str):
     """(name, act) pairs for --policy: a name, a comma list, `all`, or checkpoint:DIR."""
     from dgpg_jax import checkpoint, train
-    from dgpg_jax.tasks.cloud import baselines
 
     allowed = f"policy names ({', '.join(task.baselines)}), all, or checkpoint:DIR"
     names = list(task.baselines) if spec == "all" else _comma_list("policy", spec, allowed)
-    if beta is not None and task.name != registry.DEFAULT_TASK:
+    if beta is not None and view.make_policy is None:
         raise ValueError(f"beta={beta!r} is invalid for the {task.name} task: it sets the congestion-aware "
                          f"greedies of {registry.DEFAULT_TASK}")
-    if beta is not None and not any(name in baselines.GREEDY_POLICIES for name in names):
+    if beta is not None and not any(name in view.beta_policies for name in names):
         raise ValueError(f"beta={beta!r} is invalid here: it sets the congestion-aware greedies "
-                         f"{baselines.GREEDY_POLICIES}, and --policy {spec!r} has none of them")
+                         f"{view.beta_policies}, and --policy {spec!r} has none of them")
     out = []
     for name in names:
         if name.startswith("checkpoint:"):
@@ -268,15 +218,15 @@ def _policies(spec: str, beta: float | None, task):
             if not run_dir:
                 raise ValueError(f"policy={name!r} is invalid: "
                                  "allowed checkpoint:DIR with DIR a `dgpg train` directory")
-            actor, actor_params = checkpoint.load_actor(Path(run_dir), task.name)
+            actor, actor_params = checkpoint.load_actor(Path(run_dir), task_name)
             out.append((name, train.learned_policy(task, actor, actor_params)))
             out.append((name + ":mode", train.learned_policy(task, actor, actor_params, deterministic=True)))
-        elif task.name == registry.DEFAULT_TASK:
-            out.append((name, baselines.get_policy(name, beta)))  # beta applies to the greedies only
-        elif name in task.baselines:
-            out.append((name, task.baselines[name]))
-        else:
+        elif name not in task.baselines:
             raise ValueError(f"policy={name!r} is invalid: allowed {allowed}")
+        elif view.make_policy is not None:
+            out.append((name, view.make_policy(name, beta)))  # beta applies to the greedies only
+        else:
+            out.append((name, task.baselines[name]))
     return out
 
 
@@ -285,20 +235,23 @@ def _setting(env_config) -> str:
     sizes = [f"N={env_config.num_agents}"]
     if hasattr(env_config, "num_servers"):
         sizes.append(f"M={env_config.num_servers}")
-    return ", ".join(sizes + [f"k={env_config.num_candidates}", f"T={env_config.horizon}"])
+    if hasattr(env_config, "num_candidates"):
+        sizes.append(f"k={env_config.num_candidates}")
+    return ", ".join(sizes + [f"T={env_config.horizon}"])
 
 
 def cmd_eval(args) -> None:
     from dgpg_jax.evaluate import evaluate_policies, seed_keys
+    from dgpg_jax.view import view_of
 
     from dgpg_jax.validation import check_seeds
 
     _check_run_flags(args)
     env_config = _env_config(args)
-    check_seeds(args.seeds, args.seed, env_config.episode_rows)
     task = env_config.make_task()
-    policies = _policies(args.policy, args.beta, task)
-    view = VIEWS[task.name]
+    check_seeds(args.seeds, args.seed, task.episode_rows)
+    view = view_of(env_config, task)
+    policies = _policies(args.policy, args.beta, task, view, registry.task_name(env_config))
     with _progress() as progress:
         bar = progress.add_task("evaluating", total=1, status=f"{len(policies)} policies in one program")
         rows = evaluate_policies(policies, task, seed_keys(args.seed, args.seeds), args.episodes)
@@ -310,35 +263,40 @@ def cmd_eval(args) -> None:
 
 # ----------------------------------------------------------------------------- train
 
-def _train_one(config, args, out_dir: Path | None, resume: Path | None, progress, overwrite: bool = False):
-    from dgpg_jax.runner import run_training
+def _on_progress(progress, reference: str, episodes: int):
+    """A progress callback `(algo, done, logs)` drawing one bar per algorithm."""
+    bars = {}
 
-    bar = progress.add_task(config.algo, total=config.num_episodes, status="compiling")
-    reference = VIEWS[args.task].reference
+    def on_progress(algo, done, logs):
+        if algo not in bars:
+            bars[algo] = progress.add_task(algo, total=episodes, status="compiling")
+        if logs is not None:
+            progress.update(bars[algo], completed=done, status=f"ratio to {reference} "
+                            f"{logs.ratio_to_reference[:, -1].mean():.3f}")
 
-    def on_progress(done, logs):
-        progress.update(bar, completed=done, status=f"ratio to {reference} {logs.ratio_to_reference[:, -1].mean():.3f}")
-
-    return run_training(config, args.seed, args.seeds, out_dir, resume, args.episodes_per_call, on_progress,
-                        getattr(args, "log", "none"), overwrite)
+    return on_progress
 
 
 def cmd_train(args) -> None:
     from dgpg_jax import rundir
     from dgpg_jax.plots import plot_learning_curves
-    from dgpg_jax.runner import FINAL_WINDOW, json_safe
+    from dgpg_jax.runner import FINAL_WINDOW, json_safe, run_training
     from dgpg_jax.trackers import check_tracker
+    from dgpg_jax.view import RUN_COLUMNS, view_of
 
     _check_run_flags(args)
     check_tracker(args.log)  # its extra installed, before any directory or compile
     config = _train_config(args, args.algo)
     if args.resume is not None and not args.resume.strip():
         raise ValueError("resume='' is invalid: allowed a `dgpg train` directory")
+    view = view_of(config.env, config.env.make_task())
     with _progress() as progress:  # --out as given: '' is refused, not taken for the current directory
-        result = _train_one(config, args, args.out, Path(args.resume) if args.resume else None, progress,
-                            args.overwrite)
+        on_progress = _on_progress(progress, view.reference, config.num_episodes)
+        on_progress(config.algo, 0, None)
+        result = run_training(config, args.seed, args.seeds, args.out, Path(args.resume) if args.resume else None,
+                              args.episodes_per_call, lambda done, logs: on_progress(config.algo, done, logs),
+                              args.log, args.overwrite)
     out_dir = Path(args.out)
-    view = VIEWS[result.task.name]
     plot_learning_curves({config.algo: result.logs.ratio_to_reference}, {}, out_dir / "learning_curve.png",
                          f"{config.algo}, {result.task.name}, N={config.env.num_agents}",
                          result.task.reference_name, view.ylabel)
@@ -362,59 +320,28 @@ def _final_key(key: str, task) -> str:
 # ----------------------------------------------------------------------------- compare
 
 def cmd_compare(args) -> None:
-    from dgpg_jax import algorithms, rundir
+    from dgpg_jax import algorithms
+    from dgpg_jax.compare import run_compare
+    from dgpg_jax.runner import FINAL_WINDOW
+    from dgpg_jax.view import RUN_COLUMNS, view_of
 
     _check_run_flags(args)
     algos = _comma_list("algos", args.algos, f"algorithm names {algorithms.ALGORITHMS}")
     configs = [_train_config(args, algo) for algo in algos]
-    view = VIEWS[args.task]
-    with rundir.open_run(args.out, "compare", overwrite=args.overwrite) as out_dir:
-        for algo in algos:  # each algorithm's run directory, refused before anything is trained
-            rundir.check_out(out_dir / algo, "train", overwrite=args.overwrite)
-        rundir.write_json(out_dir / "compare.json", {"algos": algos, "seed": args.seed, "seeds": args.seeds,
-                                                     "episodes": args.episodes, "task": args.task})
-        _compare(args, configs, view, out_dir)
-
-
-def _compare(args, configs, view, out_dir: Path) -> None:
-    import jax
-
-    from dgpg_jax import rundir, train
-    from dgpg_jax.evaluate import evaluate_policies, seed_keys
-    from dgpg_jax.plots import plot_learning_curves
-    from dgpg_jax.runner import FINAL_WINDOW, json_safe
-
-    algos = [config.algo for config in configs]
-    results = {}
-    window = min(FINAL_WINDOW, args.episodes)
+    env = configs[0].env
+    view = view_of(env, env.make_task())
+    title = f"{registry.task_name(env)}, N={env.num_agents}, {args.seeds} seeds (preset {args.preset})"
     with _progress() as progress:
-        for config in configs:
-            results[config.algo] = _train_one(config, args, out_dir / config.algo, None, progress, args.overwrite)
-        task = results[algos[0]].task
-        run_keys = jax.vmap(train.traces_key)(seed_keys(args.seed, args.seeds))
-        bar = progress.add_task("baselines", total=1, status=f"{len(task.baselines)} in one program")
-        rows = evaluate_policies(list(task.baselines.items()), task, run_keys, window, args.episodes - window)
-        progress.update(bar, advance=1)
-    learned = []
-    for algo, result in results.items():
-        s = result.summary()
-        pooled = {key.removeprefix("final_"): value for key, value in s.items()
-                  if key.startswith("final_") and not key.endswith("_per_seed")}
-        learned.append({"policy": algo, **pooled, **{key: s[key] for key in ("episodes_to_converge", "wall_seconds",
-                                                                             "compile_seconds")}})
-    table = learned + rows
-    name = f"ratio_to_{task.reference_name}"
-    plot_learning_curves({a: r.logs.ratio_to_reference for a, r in results.items()},
-                         {r["policy"]: r[name] for r in rows if r["policy"] in view.plotted},
-                         out_dir / "learning_curves.png",
-                         f"{task.name}, N={configs[0].env.num_agents}, {args.seeds} seeds (preset {args.preset})",
-                         task.reference_name, view.ylabel)
-    rundir.write_json(out_dir / "summary.json", json_safe(table))
+        results, table = run_compare(configs, args.seed, args.seeds, args.out, args.episodes_per_call,
+                                     _on_progress(progress, view.reference, args.episodes), getattr(args, "log", "none"),
+                                     args.overwrite, view.plotted, view.ylabel, title)
+    task = next(iter(results.values())).task
+    window = min(FINAL_WINDOW, args.episodes)
     columns = [("policy", "policy", "")] + [c for c in view.summary_columns if not c[0].startswith(
         task.reference_name + "_")] + RUN_COLUMNS
-    _emit(table, columns, f"{task.name}, {_setting(configs[0].env)}, final {window} of {args.episodes} episodes "
+    _emit(table, columns, f"{task.name}, {_setting(env)}, final {window} of {args.episodes} episodes "
           f"x {args.seeds} seeds, same traces (preset {args.preset}); {view.units}; "
-          f"plot: {out_dir / 'learning_curves.png'}", args.json)
+          f"plot: {Path(args.out) / 'learning_curves.png'}", args.json)
     _check_finite(table, columns, "policy")
 
 
@@ -461,6 +388,7 @@ def _sweep(args, spec, main_process: bool) -> None:
 
     from dgpg_jax import sweep
     from dgpg_jax.runner import FINAL_WINDOW
+    from dgpg_jax.view import view_of
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
@@ -486,7 +414,7 @@ def _sweep(args, spec, main_process: bool) -> None:
     if args.json:
         print(json.dumps(result, allow_nan=False))
         return
-    view = VIEWS[result["task"]]
+    view = view_of(spec.base.env, spec.base.env.make_task())
     names = [f"grid_{name}" for name in spec.grid_names]
     rows = [{**c, "ci_low": c["final_ratio_to_reference_ci95"][0], "ci_high": c["final_ratio_to_reference_ci95"][1]}
             for c in result["configurations"]]
@@ -643,7 +571,11 @@ def _task_of(argv: list[str] | None) -> str:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--task", default=registry.DEFAULT_TASK)
     name = pre.parse_known_args(argv)[0].task
-    return name if name in registry.TASKS else registry.DEFAULT_TASK
+    try:
+        registry.config_class(name)
+    except ValueError:
+        return registry.DEFAULT_TASK
+    return name
 
 
 def _env_flags(task: str) -> set[str]:
@@ -666,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("absl").setLevel(logging.CRITICAL)  # orbax's threads log each fault the CLI reports once
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # --task module:Config finds a module of the current directory
     task = _task_of(argv)
     parser = build_parser(task)
     args, unknown = parser.parse_known_args(argv)

@@ -2,7 +2,7 @@
 its advantage is the shared return (what MAPPO learns from) and when it is the guidance
 (what DG-PG adds), at fixed policy parameters, on any Task.
 
-    result = measure(TrainConfig(env=EnvConfig(num_agents=200)), rollouts=64)
+    result = measure(TrainConfig(env=CloudConfig(num_agents=200)), rollouts=64)
     result["relative_variance_shared"], result["relative_variance_guidance"]
 
 R rollouts of one day run with the same actor parameters theta (the initial ones of a

@@ -154,21 +154,62 @@ def evaluate_policies(policies: list[tuple[str, Act]], task: Task, run_keys: jax
         pooled = task.pool(m)
         ratio = pooled[task.cost_key] / reference_cost
         rows.append({"policy": name, "num_agents": num_agents, **task.sizes, "episodes": num_episodes, "seeds": seeds,
-                     **pooled, f"ratio_to_{task.reference_name}": ratio, "ratio_to_reference": ratio})
+                     **pooled, task.ratio_key: ratio, "ratio_to_reference": ratio})
     return rows
 
 
-def potential_greedy(task: Task, potential=None, exact: bool = True) -> Act:
-    """The policy that ascends the potential: every row takes the candidate of largest
-    guidance (all rows at once, each scored with the others' rows at candidate 0). Against
-    `random` on the same traces it checks a potential's alignment before any training: an
-    aligned potential gives a clearly lower cost."""
+def potential_greedy(task: Task, potential=None, exact: bool = True, passes: int = 2) -> Act:
+    """The policy that ascends the potential, by sequential best response: the alignment
+    check. Against `random` on the same traces it tests a potential before any training:
+    an aligned potential gives a clearly lower cost.
+
+    Guidance is the change of the potential G (larger is better: the named potentials
+    are minus a cost), so each row takes the argmax of its guidance row. Rows decide in
+    turn (a `lax.scan` over the J rows), row i given the current choices of all the
+    others: the rows before it at what they just chose, the rows after it still at their
+    tentative choice; an invalid row is left alone, and a row moves only if that strictly
+    raises its guidance (a tie keeps its choice). This is repeated `passes` times. With
+    an exactly aligned potential every move raises G given the others, so this is
+    coordinate ascent on G and, once no row moves, a local optimum of G (a Nash
+    equilibrium of the potential game); with fewer passes than it needs, the last pass's
+    moves still each raised G.
+
+    Scoring every row at once against a fixed tentative choice (the rule before this)
+    misleads: on identical agents (two identical congestible routes) every row sees the
+    others parked on candidate 0 and all move to candidate 1, far from the optimal split.
+
+    The tentative choice is candidate 0 for every row. It matters only in the first
+    pass, where row i still counts the later rows at candidate 0 (which biases the
+    early rows away from it); the second pass re-decides every row against the first
+    pass's choices, which corrects that. Any start converges to a local optimum with
+    enough passes, but which one (and how close the fixed `passes` get) may depend on
+    it. For a task whose guidance counts only the earlier rows (cloud scheduling with
+    `decisions="in_turn"`), one pass is the in-turn greedy and later passes change
+    nothing.
+
+    Cost: passes x J evaluations of `task.guidance` (each of all J x k) per step, against
+    one for the rule at once; the result does not use the policy key.
+    """
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise ValueError(f"passes={passes!r} is invalid: allowed an integer >= 1")
     potential = task.get_potential(potential, exact)
 
     def act(key, state, params):
-        tentative = jnp.zeros(task.valid(state).shape, jnp.int32)
-        scores = task.guidance(potential, state, tentative, params, exact)
-        return task.to_actions(state, jnp.argmax(scores, axis=-1).astype(jnp.int32))
+        valid = task.valid(state)
+        rows = jnp.arange(valid.shape[0])
+
+        def respond(choice, i):
+            scores = task.guidance(potential, state, choice, params, exact)[i]
+            best = jnp.argmax(scores).astype(jnp.int32)
+            move = valid[i] & (scores[best] > scores[choice[i]])
+            return choice.at[i].set(jnp.where(move, best, choice[i])), None
+
+        def one_pass(choice, _):
+            return jax.lax.scan(respond, choice, rows)[0], None
+
+        tentative = jnp.zeros(valid.shape, jnp.int32)
+        choice = jax.lax.scan(one_pass, tentative, None, length=passes)[0]
+        return task.to_actions(state, choice)
 
     return act
 

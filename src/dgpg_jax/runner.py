@@ -15,7 +15,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from dgpg_jax import checkpoint, memory, rundir, trackers, train
+from dgpg_jax import checkpoint, configs, memory, rundir, trackers, train
 from dgpg_jax.evaluate import episodes_to_converge, ratio_of_means, seed_keys
 from dgpg_jax.task import Task
 from dgpg_jax.validation import check_integer, check_seeds
@@ -54,8 +54,8 @@ class RunResult:
             "episodes": episodes, "seeds": seeds,
             **{f"final_{key}": value for key, value in learned.items()},
             **{f"{name}_final_{key}": value for key, value in reference.items()},
-            "final_ratio_to_reference": ratio, f"final_ratio_to_{name}": ratio,
-            "final_ratio_to_reference_per_seed": per_seed, f"final_ratio_to_{name}_per_seed": per_seed,
+            "final_ratio_to_reference": ratio, f"final_{task.ratio_key}": ratio,
+            "final_ratio_to_reference_per_seed": per_seed, f"final_{task.ratio_key}_per_seed": per_seed,
             "episodes_to_converge": float(episodes_to_converge(self.logs.ratio_to_reference).mean()),
             "wall_seconds": self.wall_seconds, "compile_seconds": self.compile_seconds,
         }
@@ -82,7 +82,7 @@ def run_training(config: train.TrainConfig, seed: int, num_seeds: int, out_dir: 
     if log != "none" and out_dir is None:
         raise ValueError(f"log={log!r} is invalid without an output directory: allowed 'none', or an out_dir")
     learner = train.make_learner(config)  # the config validated first
-    check_seeds(num_seeds, seed, config.env.episode_rows)
+    check_seeds(num_seeds, seed, learner.task.episode_rows)
     resumed: list[train.EpisodeLog] = []  # the resumed run's logs, read before anything compiles
     if resume is not None:
         start_episode = checkpoint.resume_point(Path(resume), (config, seed, num_seeds))
@@ -141,7 +141,7 @@ def _train(learner: train.Learner, seed: int, num_seeds: int, out_dir: Path | No
         checkpoint.save_config(out_dir, config, seed, num_seeds)
     done = start_episode
     sinks = [] if log == "none" else trackers.open_trackers(log, Path(out_dir) / "logs", [
-        (f"seed_{s}", {**checkpoint.config_to_dict(config, seed, num_seeds), "run": s}) for s in range(num_seeds)])
+        (f"seed_{s}", {**configs.config_to_dict(config, seed, num_seeds), "run": s}) for s in range(num_seeds)])
     try:
         while done < config.num_episodes:
             count = min(episodes_per_call, config.num_episodes - done)
@@ -167,7 +167,7 @@ def _concatenate(parts: list[train.EpisodeLog]) -> train.EpisodeLog:
 
 def _renamed(field: str, task: Task) -> str:
     """Column name of a learner quantity: the ratio is named after the task's reference."""
-    return f"ratio_to_{task.reference_name}" if field == "ratio_to_reference" else field
+    return task.ratio_key if field == "ratio_to_reference" else field
 
 
 def metric_columns(metrics, reference, task: Task) -> dict[str, np.ndarray]:

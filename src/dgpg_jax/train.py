@@ -21,10 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgpg_jax import algorithms, evaluate, ppo
-from dgpg_jax.tasks.cloud import EnvConfig
+from dgpg_jax import algorithms, evaluate, ppo, registry
 from dgpg_jax.networks import Actor, CentralCritic, LocalCritic, policy_distribution
-from dgpg_jax.task import Act, Task
+from dgpg_jax.task import Act, Task, check_task
 from dgpg_jax.validation import check, check_choice, check_integer, check_number
 
 GUIDANCE_MODES = ("sampled", "exact")
@@ -37,9 +36,9 @@ class TrainConfig:
 
     algo: str = "dgpg"
     """One of dgpg, mappo, ippo."""
-    env: Any = EnvConfig()
-    """The system's config (cloud scheduling by default): anything with `validate()`,
-    `make_task()`, `num_agents`, `horizon`, `num_slots` and `peak_arrival_probability`."""
+    env: Any = dataclasses.field(default_factory=registry.default_config)
+    """The system's config (cloud scheduling by default): a frozen dataclass with
+    `validate()`, `make_task()`, `num_agents` and `horizon` (docs/task.md)."""
     num_episodes: int = 20
     updates_per_episode: int = 4
     """PPO updates per episode; must divide the horizon."""
@@ -204,7 +203,7 @@ class Learner(NamedTuple):
 def make_learner(config: TrainConfig) -> Learner:
     config.validate()
     critic = CentralCritic(config.hidden) if algorithms.uses_central_critic(config.algo) else LocalCritic(config.hidden)
-    task = config.env.make_task()
+    task = check_task(config.env.make_task(), guided=algorithms.uses_guidance(config.algo))
     return Learner(config, task, Actor(config.hidden), critic,
                    task.get_potential(config.potential, exact=not config.first_order))
 
@@ -358,13 +357,16 @@ class StepBatch(NamedTuple):
     target: jax.Array  # (L,) standardised value target
 
 
-def packed_rows(config: TrainConfig) -> int:
-    """Rows C holding a segment's decisions: the expected count at the peak rate + 6 sigma
-    + J, rounded up to whole minibatches, at most L x J. A decision beyond C (beyond 6
-    sigma) is left out of that update, never out of the environment or the metrics."""
-    steps, slots = config.segment_steps, config.env.num_slots
-    mean = steps * config.env.num_agents * min(1.0, config.env.peak_arrival_probability)
-    rows = min(steps * slots, int(mean + 6 * mean**0.5) + slots)
+def packed_rows(config: TrainConfig, task: Task) -> int:
+    """Rows C holding a segment's decisions: the expected count at the task's peak rate +
+    6 sigma + J, rounded up to whole minibatches, at most L x J (all of them for a task
+    without `peak_rate`). A decision beyond C (beyond 6 sigma) is left out of that
+    update, never out of the environment or the metrics."""
+    steps, slots = config.segment_steps, task.rows
+    rows = steps * slots
+    if task.peak_rate is not None:
+        mean = steps * task.params.num_agents * min(1.0, task.peak_rate)
+        rows = min(rows, int(mean + 6 * mean**0.5) + slots)
     return -(-rows // config.num_minibatches) * config.num_minibatches
 
 
@@ -432,7 +434,7 @@ def _update(learner: Learner, runner: RunnerState, traj: Transition, bootstrap: 
     advantage, guidance_scaled, targets, guidance_rms = _advantages(learner, traj, bootstrap, alpha)
     value_norm = ppo.running_norm_update(runner.value_norm, targets, jnp.ones_like(targets, bool))
     targets_std = ppo.standardise(value_norm, targets)
-    jobs = _pack(traj, advantage, guidance_scaled, targets_std, packed_rows(config))
+    jobs = _pack(traj, advantage, guidance_scaled, targets_std, packed_rows(config, learner.task))
     steps = StepBatch(traj.entity_features, traj.global_features, targets_std)
     optimizer = make_optimizer(config)
     minibatches = config.num_minibatches

@@ -57,18 +57,18 @@ def check_number(name: str, value, low: float, high: float = math.inf, low_open:
     check(name, value, above and below, allowed)
 
 
-def check_episode_rows(horizon: int, num_slots: int, num_candidates: int) -> None:
+def check_episode_rows(horizon: int, num_rows: int, num_candidates: int) -> None:
     """One episode's candidate rows T x J x k, which must fit one int32-indexed array
     (its feature buffer over the features)."""
-    rows = horizon * num_slots * num_candidates
-    check("horizon x num_slots x num_candidates", rows, rows <= MAX_EPISODE_ROWS,
-          f"a product <= {MAX_EPISODE_ROWS} (one int32-indexed array; horizon={horizon}, num_slots={num_slots}, "
+    rows = horizon * num_rows * num_candidates
+    check("horizon x num_rows x num_candidates", rows, rows <= MAX_EPISODE_ROWS,
+          f"a product <= {MAX_EPISODE_ROWS} (one int32-indexed array; horizon={horizon}, num_rows={num_rows}, "
           f"num_candidates={num_candidates})")
 
 
 def check_seeds(seeds: int, seed: int, episode_rows: int = 1) -> None:
     """`seeds` runs from master seed `seed` (the sweep's seeds seed .. seed + seeds - 1 are
-    all below 2^32), their candidate rows (`episode_rows` per episode, a config's
+    all below 2^32), their candidate rows (`episode_rows` per episode, a Task's
     `episode_rows`) at most MAX_RUN_ROWS."""
     check_integer("seeds", seeds, 1, MAX_SEEDS)
     check_integer("seed", seed, 0, SEED_MAX)

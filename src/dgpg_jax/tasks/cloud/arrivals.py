@@ -7,15 +7,15 @@ actions, so every policy can be evaluated on the same traces (common random numb
 import jax
 import jax.numpy as jnp
 
-from dgpg_jax.tasks.cloud.types import EnvParams, Jobs
+from dgpg_jax.tasks.cloud.types import CloudParams, Jobs
 
 
-def mean_arrival_probability(params: EnvParams) -> jax.Array:
+def mean_arrival_probability(params: CloudParams) -> jax.Array:
     """Per-agent job probability p0 giving the target utilisation (mean job size is 1)."""
     return params.utilisation * params.capacity.sum() / (params.num_agents * params.mean_job_steps)
 
 
-def arrival_probability(params: EnvParams, time: jax.Array, burst: jax.Array) -> jax.Array:
+def arrival_probability(params: CloudParams, time: jax.Array, burst: jax.Array) -> jax.Array:
     """Per-agent job probability at step `time`: a daily sine (lowest at step 0), raised
     by `burst_factor` while a burst is on."""
     phase = 2 * jnp.pi * time / params.horizon
@@ -23,12 +23,12 @@ def arrival_probability(params: EnvParams, time: jax.Array, burst: jax.Array) ->
     return p * jnp.where(burst, params.burst_factor, 1.0)
 
 
-def expected_work_rate(params: EnvParams, time: jax.Array, burst: jax.Array) -> jax.Array:
+def expected_work_rate(params: CloudParams, time: jax.Array, burst: jax.Array) -> jax.Array:
     """Expected arriving work per step (all agents); the rate the reference split divides."""
     return params.num_agents * arrival_probability(params, time, burst)
 
 
-def _raw_mean_size(params: EnvParams) -> jax.Array:
+def _raw_mean_size(params: CloudParams) -> jax.Array:
     """Mean of the unscaled bimodal size: lognormal(0, sigma) and a Pareto clipped at
     xm * clip. E[min(X, xm c)] = xm (1 + int_1^c y^-a dy) = xm (1 + (c^(1-a) - 1) / (1 - a)),
     written with xm factored out so that no power of xm is formed (xm^a overflows float32
@@ -50,7 +50,7 @@ def sample_proportional(key: jax.Array, weights: jax.Array, shape: tuple[int, ..
     return jnp.minimum(jnp.searchsorted(cumulative, u, side="right"), weights.shape[0] - 1).astype(jnp.int32)
 
 
-def sample_sizes(key: jax.Array, params: EnvParams, shape: tuple[int, ...]) -> jax.Array:
+def sample_sizes(key: jax.Array, params: CloudParams, shape: tuple[int, ...]) -> jax.Array:
     """Bimodal heavy-tailed job sizes with mean 1: mostly lognormal, some clipped Pareto."""
     mode_key, small_key, large_key = jax.random.split(key, 3)
     small = jnp.exp(params.small_sigma * jax.random.normal(small_key, shape))
@@ -60,7 +60,7 @@ def sample_sizes(key: jax.Array, params: EnvParams, shape: tuple[int, ...]) -> j
     return jnp.where(is_large, large, small) / _raw_mean_size(params)
 
 
-def sample_candidates(key: jax.Array, params: EnvParams, num_jobs: int) -> jax.Array:
+def sample_candidates(key: jax.Array, params: CloudParams, num_jobs: int) -> jax.Array:
     """(J, k) candidate servers per job, with replacement, by capacity or uniformly."""
     m, k = params.num_servers, params.num_candidates
     if params.all_candidates:
@@ -70,10 +70,10 @@ def sample_candidates(key: jax.Array, params: EnvParams, num_jobs: int) -> jax.A
     return jax.random.randint(key, (num_jobs, k), 0, m, dtype=jnp.int32)
 
 
-def sample_jobs(key: jax.Array, params: EnvParams, time: jax.Array, burst: jax.Array) -> Jobs:
+def sample_jobs(key: jax.Array, params: CloudParams, time: jax.Array, burst: jax.Array) -> Jobs:
     """The jobs arriving at step `time`: at most one per agent, the first J in agent order."""
     arrival_key, size_key, candidate_key = jax.random.split(key, 3)
-    n, j = params.num_agents, params.num_slots
+    n, j = params.num_agents, params.num_rows
     arrives = jax.random.uniform(arrival_key, (n,)) < arrival_probability(params, time, burst)
     (agent,) = jnp.nonzero(arrives, size=j, fill_value=n)
     valid = agent < n
@@ -87,7 +87,7 @@ def sample_jobs(key: jax.Array, params: EnvParams, time: jax.Array, burst: jax.A
     )
 
 
-def next_burst(key: jax.Array, params: EnvParams, steps_left: jax.Array) -> jax.Array:
+def next_burst(key: jax.Array, params: CloudParams, steps_left: jax.Array) -> jax.Array:
     """Steps left in the burst after this one; a new burst starts at rate `burst_rate`."""
     start_probability = params.burst_rate / params.mean_job_steps
     starts = (steps_left <= 0) & (jax.random.uniform(key) < start_probability)

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from dgpg_jax.tasks.cloud.arrivals import sample_proportional
 from dgpg_jax.tasks.cloud.dynamics import finish_score
 from dgpg_jax.tasks.cloud.observation import current_reference_share
-from dgpg_jax.tasks.cloud.types import EnvParams, EnvState, service_rate
+from dgpg_jax.tasks.cloud.types import CloudParams, CloudState, service_rate
 
-Policy = Callable[[jax.Array, EnvState, EnvParams], jax.Array]
+Policy = Callable[[jax.Array, CloudState, CloudParams], jax.Array]
 
 
 def pick_candidate(candidates: jax.Array, index: jax.Array) -> jax.Array:
@@ -26,7 +26,7 @@ def pick_candidate(candidates: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(candidates, index[:, None], axis=1)[:, 0]
 
 
-def _candidate_score(state: EnvState, params: EnvParams, beta: float = 0.0) -> jax.Array:
+def _candidate_score(state: CloudState, params: CloudParams, beta: float = 0.0) -> jax.Array:
     """(J, k) finish score (W_b + (1 + beta) w) / mu_b of each candidate, in steps."""
     cand = state.jobs.candidates
     return finish_score(state.backlog[cand], state.jobs.size[:, None], service_rate(params)[cand], beta)
@@ -34,13 +34,13 @@ def _candidate_score(state: EnvState, params: EnvParams, beta: float = 0.0) -> j
 
 def random_policy(key, state, params):
     """Uniform over the job's own candidates."""
-    index = jax.random.randint(key, (params.num_slots,), 0, params.num_candidates)
+    index = jax.random.randint(key, (params.num_rows,), 0, params.num_candidates)
     return pick_candidate(state.jobs.candidates, index)
 
 
 def capacity_policy(key, state, params):
     """Global split in proportion to capacity, ignoring the state."""
-    return sample_proportional(key, params.capacity, (params.num_slots,))
+    return sample_proportional(key, params.capacity, (params.num_rows,))
 
 
 def static_split_policy(key, state, params):
@@ -48,7 +48,7 @@ def static_split_policy(key, state, params):
     share = current_reference_share(state, params)
     weights = share * service_rate(params)
     weights = jnp.where(weights.sum() > 0, weights, params.capacity)  # zero rate: fall back to capacity
-    return sample_proportional(key, weights, (params.num_slots,))
+    return sample_proportional(key, weights, (params.num_rows,))
 
 
 def softmin_policy(key, state, params, temperature: float = 1.0):
@@ -60,7 +60,7 @@ def softmin_policy(key, state, params, temperature: float = 1.0):
 
 def power_of_d_policy(key, state, params, d: int = 2):
     """Power of d choices: d of the own candidates at random, the earlier finish wins."""
-    index = jax.random.randint(key, (params.num_slots, d), 0, params.num_candidates)
+    index = jax.random.randint(key, (params.num_rows, d), 0, params.num_candidates)
     finish = jnp.take_along_axis(_candidate_score(state, params), index, axis=1)
     winner = jnp.take_along_axis(index, jnp.argmin(finish, axis=1)[:, None], axis=1)[:, 0]
     return pick_candidate(state.jobs.candidates, winner)

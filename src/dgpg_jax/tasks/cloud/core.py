@@ -12,26 +12,26 @@ import jax.numpy as jnp
 from dgpg_jax.tasks.cloud import arrivals
 from dgpg_jax.tasks.cloud.dynamics import dispatch, serve
 from dgpg_jax.tasks.cloud.observation import job_observation
-from dgpg_jax.tasks.cloud.types import EnvParams, EnvState, service_rate
+from dgpg_jax.tasks.cloud.types import CloudParams, CloudState, service_rate
 from dgpg_jax.validation import check
 
 
-def _initial_state(key: jax.Array, params: EnvParams) -> EnvState:
+def _initial_state(key: jax.Array, params: CloudParams) -> CloudState:
     burst_key, jobs_key = jax.random.split(key)
     burst_left = arrivals.next_burst(burst_key, params, jnp.zeros((), jnp.int32))
     time = jnp.zeros((), jnp.int32)
     zeros = jnp.zeros((params.num_servers,), jnp.float32)
-    return EnvState(backlog=zeros, recent_utilisation=zeros, burst_steps_left=burst_left, time=time,
+    return CloudState(backlog=zeros, recent_utilisation=zeros, burst_steps_left=burst_left, time=time,
                     jobs=arrivals.sample_jobs(jobs_key, params, time, burst_left > 0))
 
 
-def reset(key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
+def reset(key: jax.Array, params: CloudParams) -> tuple[jax.Array, CloudState]:
     """Start a day with empty queues. Returns (obs (J, k, F), state)."""
     state = _initial_state(key, params)
     return job_observation(state, params), state
 
 
-def step(key: jax.Array, state: EnvState, actions: jax.Array, params: EnvParams):
+def step(key: jax.Array, state: CloudState, actions: jax.Array, params: CloudParams):
     """Dispatch this step's jobs to servers `actions` ((J,) int32 in [0, M), ignored on
     empty slots), serve one step, draw the next jobs from `key`. An action outside
     [0, M) rejects its job at the penalty (counted in `info["num_invalid"]`).
@@ -42,7 +42,7 @@ def step(key: jax.Array, state: EnvState, actions: jax.Array, params: EnvParams)
     `info["terminated"]` always False. Actions of a shape other than (J,) raise ValueError
     when traced.
     """
-    j = params.num_slots
+    j = params.num_rows
     check("actions.shape", jnp.shape(actions), jnp.shape(actions) == (j,),
           f"(J,) = ({j},), one server index per job slot")
     mu = service_rate(params)
@@ -71,7 +71,7 @@ def step(key: jax.Array, state: EnvState, actions: jax.Array, params: EnvParams)
     burst_key, jobs_key = jax.random.split(key)
     burst_left = arrivals.next_burst(burst_key, params, jnp.where(truncated, 0, state.burst_steps_left))
     next_jobs = arrivals.sample_jobs(jobs_key, params, time, burst_left > 0)
-    new_state = EnvState(backlog=backlog, recent_utilisation=recent_utilisation, burst_steps_left=burst_left,
+    new_state = CloudState(backlog=backlog, recent_utilisation=recent_utilisation, burst_steps_left=burst_left,
                          time=time, jobs=next_jobs)
     info = {
         "response_time": out.response_time,  # (J,) steps

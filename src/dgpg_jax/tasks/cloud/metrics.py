@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dgpg_jax.tasks.cloud.types import MAX_RESPONSE_TIME, EnvParams, EnvState
+from dgpg_jax.tasks.cloud.types import MAX_RESPONSE_TIME, CloudParams, CloudState
 
 # Response times are binned in a log-spaced histogram (in mean job times) so that
 # percentiles can be pooled over any set of episodes and seeds without keeping every job:
@@ -112,7 +112,7 @@ def pool(metrics: EpisodeMetrics) -> dict[str, float]:
     }
 
 
-def make_record(state: EnvState, reward: jax.Array, info: dict) -> StepRecord:
+def make_record(state: CloudState, reward: jax.Array, info: dict) -> StepRecord:
     """The record of the step that dispatched `state.jobs`."""
     return StepRecord(reward=reward, response_time=info["response_time"], valid=state.jobs.valid,
                       num_arrived=info["num_arrived"], num_overflow=info["num_overflow"],
@@ -120,7 +120,7 @@ def make_record(state: EnvState, reward: jax.Array, info: dict) -> StepRecord:
                       served_work=info["served_work"], capacity_work=info["capacity_work"])
 
 
-def summarise(records: StepRecord, params: EnvParams) -> EpisodeMetrics:
+def summarise(records: StepRecord, params: CloudParams) -> EpisodeMetrics:
     """Episode metrics from time-stacked records ((T, ...) leaves), in mean job times.
     Every arrived job counts, the slot overflow at the rejection penalty."""
     scale = params.mean_job_steps

@@ -3,7 +3,7 @@
 Per job and candidate (size independent of N): log-scaled expected wait, own service
 time, finish time, finish minus the best finish among the job's candidates (all in mean
 job times), log relative capacity, recent utilisation, reference share; then the job's
-log size and the time of day. With in-turn decisions (`EnvConfig.decisions`) a job's
+log size and the time of day. With in-turn decisions (`CloudConfig.decisions`) a job's
 queues include the work sent by the earlier jobs of its step (`decide_in_turn`); with
 tentative ones, the other jobs' first picks (`decide_tentative`). Per server, for the
 centralised critic: log-scaled wait, log capacity, recent utilisation, reference share;
@@ -18,31 +18,31 @@ import jax.numpy as jnp
 from dgpg_jax.tasks.cloud.analytical import reference_share
 from dgpg_jax.tasks.cloud.arrivals import expected_work_rate
 from dgpg_jax.tasks.cloud.dynamics import server_totals
-from dgpg_jax.tasks.cloud.types import EnvParams, EnvState, service_rate
+from dgpg_jax.tasks.cloud.types import CloudParams, CloudState, service_rate
 
 NUM_JOB_FEATURES = 10
 NUM_SERVER_FEATURES = 4
 NUM_GLOBAL_FEATURES = 5
 
 
-def time_features(params: EnvParams, time: jax.Array) -> jax.Array:
+def time_features(params: CloudParams, time: jax.Array) -> jax.Array:
     """(2,) sine and cosine of the time of day."""
     phase = 2 * jnp.pi * time / params.horizon
     return jnp.stack([jnp.sin(phase), jnp.cos(phase)])
 
 
-def day_left(params: EnvParams, time: jax.Array) -> jax.Array:
+def day_left(params: CloudParams, time: jax.Array) -> jax.Array:
     """() fraction of the day still to come, 1 at step 0 and 1/T at the last step."""
     return 1.0 - time / params.horizon
 
 
-def current_reference_share(state: EnvState, params: EnvParams) -> jax.Array:
+def current_reference_share(state: CloudState, params: CloudParams) -> jax.Array:
     """(M,) reference split of the expected work rate at this step, as utilisations."""
     rate = expected_work_rate(params, state.time, state.burst_steps_left > 0)
     return reference_share(service_rate(params), rate)
 
 
-def _candidate_features(state: EnvState, params: EnvParams, share: jax.Array, size: jax.Array,
+def _candidate_features(state: CloudState, params: CloudParams, share: jax.Array, size: jax.Array,
                         candidates: jax.Array, valid: jax.Array, queued: jax.Array) -> jax.Array:
     """(..., k, F) features of jobs of `size` (...) at `candidates` (..., k) holding `queued`
     work (..., k); `share` (M,) is the step's reference share."""
@@ -64,7 +64,7 @@ def _candidate_features(state: EnvState, params: EnvParams, share: jax.Array, si
     return jnp.where(valid[..., None, None], obs, 0.0)
 
 
-def job_observation(state: EnvState, params: EnvParams) -> jax.Array:
+def job_observation(state: CloudState, params: CloudParams) -> jax.Array:
     """(J, k, F) features of every candidate of every job of this step, on the step-start
     queues (zeros for empty slots). With in-turn decisions it is what the first job sees."""
     jobs = state.jobs
@@ -72,7 +72,7 @@ def job_observation(state: EnvState, params: EnvParams) -> jax.Array:
                                jobs.valid, state.backlog[jobs.candidates])
 
 
-def decide_in_turn(state: EnvState, params: EnvParams, choose, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+def decide_in_turn(state: CloudState, params: CloudParams, choose, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The step's jobs decide in agent (slot) order, a `lax.scan` over the J slots: each
     job's features read the queues with the work of the earlier jobs of this step added,
     then `choose(key, obs (k, F)) -> ()` int32 picks its candidate. `keys` is (J,).
@@ -94,7 +94,7 @@ def decide_in_turn(state: EnvState, params: EnvParams, choose, keys: jax.Array) 
     return obs, choice
 
 
-def decide_tentative(state: EnvState, params: EnvParams, choose, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+def decide_tentative(state: CloudState, params: CloudParams, choose, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One round of tentative choices, then the commitment: every job picks a candidate on
     the step-start queues (`choose(key, obs (k, F))`, vmapped over jobs), then again on
     the queues with the other jobs' first picks added; the second pick is the decision.
@@ -113,10 +113,10 @@ def decide_tentative(state: EnvState, params: EnvParams, choose, keys: jax.Array
 
 
 DECIDE = {"in_turn": decide_in_turn, "tentative": decide_tentative}
-"""`Task.decide` of each `EnvConfig.decisions` that is not simultaneous."""
+"""`Task.decide` of each `CloudConfig.decisions` that is not simultaneous."""
 
 
-def server_observation(state: EnvState, params: EnvParams) -> tuple[jax.Array, jax.Array]:
+def server_observation(state: CloudState, params: CloudParams) -> tuple[jax.Array, jax.Array]:
     """Centralised-critic input: (M, 4) per-server features and (5,) global features
     (time of day, jobs and work arriving this step relative to the expected, fraction of
     the day left)."""

@@ -9,17 +9,17 @@ from dgpg_jax.tasks.cloud.core import reset, step
 from dgpg_jax.tasks.cloud.dynamics import earlier_work, server_totals
 from dgpg_jax.tasks.cloud.metrics import make_record, pool, summarise
 from dgpg_jax.tasks.cloud.observation import DECIDE, day_left, job_observation, server_observation
-from dgpg_jax.tasks.cloud.types import EnvConfig, EnvParams, EnvState, make_params, service_rate
+from dgpg_jax.tasks.cloud.types import CloudConfig, CloudParams, CloudState, make_params, service_rate
 from dgpg_jax.evaluate import scan_episode
 from dgpg_jax.task import Task
 
 
-def to_servers(state: EnvState, choice: jax.Array) -> jax.Array:
+def to_servers(state: CloudState, choice: jax.Array) -> jax.Array:
     """(J,) server of each job's chosen candidate column."""
     return baselines.pick_candidate(state.jobs.candidates, choice)
 
 
-def step_guidance(potential: guidance.Potential, state: EnvState, choice: jax.Array, params: EnvParams,
+def step_guidance(potential: guidance.Potential, state: CloudState, choice: jax.Array, params: CloudParams,
                   exact: bool = True) -> jax.Array:
     """(J, k) guidance of every job at every candidate, the step's jobs sent to `choice`:
     leave-one-out (simultaneous and tentative decisions), from the earlier jobs' work in turn."""
@@ -35,7 +35,7 @@ def step_guidance(potential: guidance.Potential, state: EnvState, choice: jax.Ar
                                        before=before)
 
 
-def best_fit_metrics(params: EnvParams, episode_key: jax.Array):
+def best_fit_metrics(params: CloudParams, episode_key: jax.Array):
     """Best-Fit's metrics on one episode: the reference of the ratio."""
     _, records = scan_episode(reset, step, _record, baselines.BASELINES["best_fit"], params, episode_key)
     return summarise(records, params)
@@ -52,7 +52,7 @@ def potentials(decisions: str) -> dict:
     return {first: guidance.POTENTIALS[first], **guidance.POTENTIALS}
 
 
-def make_task(config: EnvConfig) -> Task:
+def make_task(config: CloudConfig) -> Task:
     """The cloud-scheduling Task of a validated `config`."""
     params = make_params(config)
     return Task(
@@ -62,4 +62,4 @@ def make_task(config: EnvConfig) -> Task:
         potentials=potentials(config.decisions), record=_record, summarise=summarise, pool=pool,
         reference=best_fit_metrics, reference_name="best_fit", cost_key="mean_response_time",
         baselines=baselines.BASELINES, sizes={"num_servers": params.num_servers}, traced_load="utilisation",
-        decide=DECIDE.get(config.decisions))
+        decide=DECIDE.get(config.decisions), peak_rate=config.peak_arrival_probability)

@@ -1,7 +1,7 @@
 """Pytrees of the cloud-scheduling environment: its configuration, params, state and jobs.
 
-`EnvConfig` is the host-side description a user writes (plain Python numbers, validated
-before anything is traced); `make_params` turns it into `EnvParams`, whose array sizes are
+`CloudConfig` is the host-side description a user writes (plain Python numbers, validated
+before anything is traced); `make_params` turns it into `CloudParams`, whose array sizes are
 static fields and whose numeric settings are pytree leaves, so `jax.vmap` over params works.
 """
 
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from dgpg_jax.task import decision_rows
 from dgpg_jax.tasks.cloud.fleet import FLEETS, fleet_capacity
 from dgpg_jax.validation import (MAX_AGENTS, MAX_HORIZON, MAX_SERVERS, check, check_choice, check_episode_rows,
                                  check_integer, check_number)
@@ -26,10 +28,18 @@ MAX_RESPONSE_TIME = 1e4
 
 
 @dataclasses.dataclass(frozen=True)
-class EnvConfig:
+class CloudConfig:
     """Settings of the environment. Times are in units of the mean job's service time
     on an average server (the "mean job time"), so `mean_job_steps` changes only the
     decision granularity."""
+
+    view: ClassVar[str] = "dgpg_jax.tasks.cloud.view:VIEW"
+    potential_names: ClassVar[str] = "dgpg_jax.tasks.cloud.guidance:POTENTIALS"
+    presets: ClassVar[dict] = {
+        # The paper's setting: backlog dropped every step, coarse steps, uniform candidates,
+        # jobs deciding at once, the tracking (`split`) potential, which is aligned exactly there.
+        "paper": ({"memoryless": True, "mean_job_steps": 0.6, "candidate_sampling": "uniform",
+                   "decisions": "simultaneous"}, {"potential": "split"})}
 
     num_agents: int = 200
     """Dispatcher agents N; each receives at most one job per step."""
@@ -81,7 +91,7 @@ class EnvConfig:
     The dynamics are the same. In turn is the default: a learned policy beats Best-Fit
     only there (docs/results.md); the paper's rule is simultaneous."""
 
-    def validate(self) -> "EnvConfig":
+    def validate(self) -> "CloudConfig":
         """Raise ValueError naming the first invalid field, its value and the allowed range."""
         check_integer("num_agents", self.num_agents, 1, MAX_AGENTS)
         check_number("servers_per_agent", self.servers_per_agent, 0, low_open=True)
@@ -119,7 +129,7 @@ class EnvConfig:
                 f"servers_per_agent={self.servers_per_agent}, mean_job_steps={self.mean_job_steps}, "
                 f"diurnal_amplitude={self.diurnal_amplitude}, burst_factor={self.burst_factor} give more than one "
                 "job per agent per step; raise mean_job_steps or servers_per_agent, or lower the others")
-        check_episode_rows(self.horizon, self.num_slots, min(self.num_candidates, self.num_servers))
+        check_episode_rows(self.horizon, self.num_rows, min(self.num_candidates, self.num_servers))
         return self
 
     def make_task(self):
@@ -143,30 +153,25 @@ class EnvConfig:
         return self.mean_arrival_probability * (1 + self.diurnal_amplitude) * factor
 
     @property
-    def num_slots(self) -> int:
+    def num_rows(self) -> int:
         """Job rows materialised per step: N p + 6 sigma + 4 at the peak rate, at most N."""
-        n, p = self.num_agents, min(1.0, self.peak_arrival_probability)
-        return min(n, math.ceil(n * p + 6 * math.sqrt(n * p * (1 - p)) + 4))
+        return decision_rows(self.num_agents, self.peak_arrival_probability)
 
-    @property
-    def episode_rows(self) -> int:
-        """T x J x k candidate rows of one episode (`validation.check_seeds` bounds seeds x them)."""
-        return self.horizon * self.num_slots * min(self.num_candidates, self.num_servers)
 
 
 @struct.dataclass
-class EnvParams:
+class CloudParams:
     """Everything `reset` and `step` read. Sizes are static; the rest are leaves."""
 
     num_agents: int = struct.field(pytree_node=False)
     num_servers: int = struct.field(pytree_node=False)
     num_candidates: int = struct.field(pytree_node=False)  # k, at most M
-    num_slots: int = struct.field(pytree_node=False)  # J job rows per step
+    num_rows: int = struct.field(pytree_node=False)  # J job rows per step
     horizon: int = struct.field(pytree_node=False)
     all_candidates: bool = struct.field(pytree_node=False)  # every job sees all M servers
     capacity_weighted: bool = struct.field(pytree_node=False)
     memoryless: bool = struct.field(pytree_node=False)
-    decisions: str = struct.field(pytree_node=False)  # EnvConfig.decisions
+    decisions: str = struct.field(pytree_node=False)  # CloudConfig.decisions
     capacity: jax.Array  # (M,) float32, vCPU x speed relative to the fleet mean (mean 1)
     mean_job_steps: jax.Array  # () float32
     utilisation: jax.Array  # () float32
@@ -196,7 +201,7 @@ class Jobs:
 
 
 @struct.dataclass
-class EnvState:
+class CloudState:
     backlog: jax.Array  # (M,) float32, unfinished work at each server
     recent_utilisation: jax.Array  # (M,) float32, moving average of each server's busy fraction
     burst_steps_left: jax.Array  # () int32, steps left in the current burst
@@ -204,16 +209,16 @@ class EnvState:
     jobs: Jobs  # the jobs to dispatch at this step
 
 
-def make_params(config: EnvConfig = EnvConfig()) -> EnvParams:
+def make_params(config: CloudConfig = CloudConfig()) -> CloudParams:
     """Validate `config` and build the params pytree."""
     config.validate()
     m = config.num_servers
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return EnvParams(
+    return CloudParams(
         num_agents=config.num_agents,
         num_servers=m,
         num_candidates=min(config.num_candidates, m),
-        num_slots=config.num_slots,
+        num_rows=config.num_rows,
         horizon=config.horizon,
         all_candidates=config.num_candidates >= m,
         capacity_weighted=config.candidate_sampling == "capacity",
@@ -237,6 +242,6 @@ def make_params(config: EnvConfig = EnvConfig()) -> EnvParams:
     )
 
 
-def service_rate(params: EnvParams) -> jax.Array:
+def service_rate(params: CloudParams) -> jax.Array:
     """(M,) work each server completes per step; an average server does 1/mean_job_steps."""
     return params.capacity / params.mean_job_steps

@@ -57,7 +57,7 @@ def overflow_plan(arrival, departure, energy, power_limit, params: EVParams):
     """
     t = params.horizon
     first = jnp.searchsorted(arrival, arrival, side="left")  # start of each EV's arrival run
-    overflow = jnp.arange(arrival.shape[0]) - first >= params.num_slots
+    overflow = jnp.arange(arrival.shape[0]) - first >= params.num_rows
     length, power, delivered = charging_plan(energy, power_limit, departure - arrival, params.slot_hours)
     p = jnp.where(overflow, power, 0.0)
     delta = jnp.zeros((t, t + 1), jnp.float32).at[arrival, arrival].add(p).at[arrival, arrival + length].add(-p)
@@ -80,7 +80,7 @@ def sample_day(key: jax.Array, params: EVParams) -> Day:
 def pack_arrivals(day: Day, time: jax.Array, params: EVParams) -> Arrivals:
     """The first J EVs arriving at slot `time`, one per row, with their candidate windows.
     `time` may be T (after the day's last step): then every row is empty."""
-    n, j = params.num_agents, params.num_slots
+    n, j = params.num_agents, params.num_rows
     first = jnp.searchsorted(day.arrival, time, side="left")
     count = jnp.searchsorted(day.arrival, time, side="right") - first
     row = jnp.arange(j)

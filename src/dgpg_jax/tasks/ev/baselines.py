@@ -23,12 +23,12 @@ Policy = Callable[[jax.Array, EVState, EVParams], jax.Array]
 
 def arrival_policy(key, state, params):
     """Candidate 0: start charging on arrival."""
-    return jnp.zeros((params.num_slots,), jnp.int32)
+    return jnp.zeros((params.num_rows,), jnp.int32)
 
 
 def random_policy(key, state, params):
     """Uniform over the k candidate windows."""
-    return jax.random.randint(key, (params.num_slots,), 0, params.num_candidates, dtype=jnp.int32)
+    return jax.random.randint(key, (params.num_rows,), 0, params.num_candidates, dtype=jnp.int32)
 
 
 def greedy_policy(key, state, params):

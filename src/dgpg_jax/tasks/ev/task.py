@@ -21,4 +21,4 @@ def make_task(config: EVConfig) -> Task:
         guidance=task_guidance, potentials=POTENTIALS,
         record=lambda state, actions, reward, info: make_record(reward, info), summarise=summarise, pool=pool,
         reference=reference_metrics, reference_name="valley", cost_key="total_cost", baselines=BASELINES,
-        exact_user_potentials=False)
+        exact_user_potentials=False, peak_rate=config.peak_arrival_probability)

@@ -1,5 +1,5 @@
 """Pytrees of the EV-charging environment: its configuration, params, the day's fleet and
-the per-step decision slots.
+the per-step decision rows.
 
 `EVConfig` is what a user writes (plain Python numbers, validated before anything is
 traced); `make_params` turns it into `EVParams`, whose array sizes are static fields and
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from dgpg_jax.task import decision_rows
 from dgpg_jax.validation import MAX_AGENTS, check, check_episode_rows, check_integer, check_number, is_number
 
 HOURS_PER_DAY = 24.0
@@ -30,6 +32,10 @@ class EVConfig:
     runs from `day_start_hour` to the same hour of the next day, so evening arrivals and
     morning departures fall inside one day."""
 
+    view: ClassVar[str] = "dgpg_jax.tasks.ev.view:VIEW"
+    potential_names: ClassVar[str] = "dgpg_jax.tasks.ev.guidance:POTENTIALS"
+    renamed_fields: ClassVar[dict] = {"decision_slots": "decision_rows"}
+
     num_agents: int = 100
     """EVs N; each arrives once per day."""
     horizon: int = 48
@@ -38,8 +44,8 @@ class EVConfig:
     """Clock hour at which the day (slot 0) starts."""
     num_candidates: int = 4
     """Charging windows each EV chooses among (k); candidate 0 charges on arrival."""
-    decision_slots: int | None = None
-    """Decision rows per step J; None sizes it from the arrival distribution (`num_slots`)."""
+    decision_rows: int | None = None
+    """Decision rows per step J; None sizes it from the arrival distribution (`num_rows`)."""
     arrival_mean_hour: float = 18.0
     """Clock hour of the mean arrival (normal, clipped to the day)."""
     arrival_sd_hours: float = 1.5
@@ -83,8 +89,8 @@ class EVConfig:
         check_integer("horizon", self.horizon, 2, MAX_HORIZON)
         check_number("day_start_hour", self.day_start_hour, 0, HOURS_PER_DAY, high_open=True)
         check_integer("num_candidates", self.num_candidates, 1, MAX_CANDIDATES)
-        if self.decision_slots is not None:
-            check_integer("decision_slots", self.decision_slots, 1, self.num_agents)
+        if self.decision_rows is not None:
+            check_integer("decision_rows", self.decision_rows, 1, self.num_agents)
         check_number("arrival_mean_hour", self.arrival_mean_hour, 0, HOURS_PER_DAY, high_open=True)
         check_number("arrival_sd_hours", self.arrival_sd_hours, 0, HOURS_PER_DAY, low_open=True)
         check_number("departure_mean_hour", self.departure_mean_hour, 0, HOURS_PER_DAY, high_open=True)
@@ -108,7 +114,7 @@ class EVConfig:
         check_number("undelivered_penalty", self.undelivered_penalty, 0, 1e6)
         check_number("overload_weight", self.overload_weight, 0, 1e6)
         check_number("capacity_per_agent", self.capacity_per_agent, 0, 1e4, low_open=True)
-        check_episode_rows(self.horizon, self.num_slots, self.num_candidates)
+        check_episode_rows(self.horizon, self.num_rows, self.num_candidates)
         return self
 
     def make_task(self):
@@ -127,17 +133,12 @@ class EVConfig:
         return max(arrival_slot_probabilities_host(self))
 
     @property
-    def num_slots(self) -> int:
+    def num_rows(self) -> int:
         """Decision rows per step J: N p + 6 sigma + 4 at the busiest slot, at most N."""
-        if self.decision_slots is not None:
-            return self.decision_slots
-        n, p = self.num_agents, self.peak_arrival_probability
-        return min(n, math.ceil(n * p + 6 * math.sqrt(n * p * (1 - p)) + 4))
+        if self.decision_rows is not None:
+            return self.decision_rows
+        return decision_rows(self.num_agents, self.peak_arrival_probability)
 
-    @property
-    def episode_rows(self) -> int:
-        """T x J x k candidate rows of one episode (`validation.check_seeds` bounds seeds x them)."""
-        return self.horizon * self.num_slots * self.num_candidates
 
 
 def hours_after_start(clock_hour: float, day_start_hour: float) -> float:
@@ -166,7 +167,7 @@ class EVParams:
     num_agents: int = struct.field(pytree_node=False)  # N
     horizon: int = struct.field(pytree_node=False)  # T slots per day
     num_candidates: int = struct.field(pytree_node=False)  # k
-    num_slots: int = struct.field(pytree_node=False)  # J decision rows per step
+    num_rows: int = struct.field(pytree_node=False)  # J decision rows per step
     day_start_hour: jax.Array  # () float32, clock hour of slot 0
     arrival_mean: jax.Array  # () float32, hours after the day's start
     arrival_sd: jax.Array  # () float32, hours
@@ -239,7 +240,7 @@ def make_params(config: EVConfig = EVConfig()) -> EVParams:
         num_agents=config.num_agents,
         horizon=config.horizon,
         num_candidates=config.num_candidates,
-        num_slots=config.num_slots,
+        num_rows=config.num_rows,
         day_start_hour=f32(config.day_start_hour),
         arrival_mean=f32(hours_after_start(config.arrival_mean_hour, config.day_start_hour)),
         arrival_sd=f32(config.arrival_sd_hours),
