@@ -14,7 +14,6 @@ Writes benchmarks/results/sweep_vs_loop.{json,md}. Run it alone.
 """
 
 import argparse
-import dataclasses
 import datetime
 import json
 import tempfile

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from common import ROOT, experiment_parser, pyplot, read_jsonl as read_rows, save_figure, write_json
-from dgpg_jax import evaluate, runner, train
+from dgpg_jax import evaluate, runlog, runner, train
 from dgpg_jax.tasks.ev import EVConfig
 
 OUT = ROOT / "results" / "ev_charging"  # --out
@@ -45,7 +45,7 @@ def run(sizes: list[int], episodes: int, seeds: int) -> None:
                                         "compile_seconds": result.compile_seconds}) + "\n")
         if (n, "random") not in done:
             task = EVConfig(num_agents=n).make_task()
-            window = min(runner.FINAL_WINDOW, episodes)
+            window = min(runlog.FINAL_WINDOW, episodes)
             run_keys = jax.vmap(train.traces_key)(evaluate.seed_keys(0, seeds))
             rows = evaluate.evaluate_policies(list(task.baselines.items()), task, run_keys, window, episodes - window)
             with open(path, "a") as f:

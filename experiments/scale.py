@@ -26,7 +26,7 @@ import numpy as np
 from common import (ALGOS, ROOT, SETTINGS, append_jsonl, baseline_rows, experiment_parser, pyplot, read_jsonl,
                     run_sweep, save_figure, sweep_table, write_json)
 from dgpg_jax import sweep
-from dgpg_jax.runner import FINAL_WINDOW
+from dgpg_jax.runlog import FINAL_WINDOW
 
 OUT = ROOT / "results" / "scale"  # --out: one directory per setting below it
 FIGURES = ROOT / "docs"  # --figures

@@ -27,7 +27,7 @@ from flax import serialization
 from common import (ROOT, SETTINGS, append_jsonl, experiment_parser, parse_settings, read_jsonl, save_figure,
                     setting_panels, write_json)
 from dgpg_jax import evaluate, runner, train
-from dgpg_jax.runner import json_safe
+from dgpg_jax.runlog import json_safe
 
 OUT = ROOT / "results" / "transfer"
 FIGURES = ROOT / "docs"

@@ -27,7 +27,7 @@ is `ambiguous`: float32 rounding in the library may decide it either way."""
 
 @dataclasses.dataclass
 class ReferenceStep:
-    response_time: list[float]  # per slot, steps; 0 for empty slots
+    response_time: list[float]  # per row, steps; 0 for empty rows
     accepted: list[bool]
     rejected: list[bool]
     backlog_after: list[float]  # per server, after service, before the memoryless drop

@@ -368,7 +368,7 @@ def test_invariants_on_random_configs(config, seed):
         kept = ~info["truncated"]
         np.testing.assert_allclose(next_backlog[kept], info["backlog_after"][kept], rtol=1e-5, atol=1e-5)
     assert np.all(next_backlog[info["truncated"]] == 0)
-    # Counts: every arrival is accepted or rejected (slot overflow counts as rejected).
+    # Counts: every arrival is accepted or rejected (row overflow counts as rejected).
     accepted, rejected, valid = info["accepted"], info["rejected"], jobs.valid
     assert not np.any(accepted & rejected)
     np.testing.assert_array_equal(accepted | rejected, valid)
@@ -378,7 +378,7 @@ def test_invariants_on_random_configs(config, seed):
     # Jobs: positive sizes on valid slots, none elsewhere; candidates are servers.
     assert np.all(jobs.size[valid] > 0) and np.all(jobs.size[~valid] == 0)
     assert np.all((jobs.candidates >= 0) & (jobs.candidates < m))
-    # Response times: positive and finite for jobs, zero for empty slots; at least the own
+    # Response times: positive and finite for jobs, zero for empty rows; at least the own
     # service time when accepted, the penalty when rejected.
     response = info["response_time"]
     assert np.all(np.isfinite(response)) and np.all(response[valid] > 0) and np.all(response[~valid] == 0)

@@ -1,6 +1,6 @@
 """Behaviour of the environment against independent hand formulas and statistics:
 observation features, the diurnal arrival law, bursts, candidate sampling, the job-size
-law, the fleet mix, and slot overflow under a real overload.
+law, the fleet mix, and row overflow under a real overload.
 
 Every expected value is computed here in float64 from the README's description, never
 from the library's own helpers (except `env.make_params`, `env.reset` to get a state of
@@ -136,7 +136,7 @@ def test_job_observation_features_equal_hand_values(burst_steps_left):
     assert obs.shape == (4, 3, 10)
     expected = hand_job_features(params, state, OBS_TIME, burst_steps_left > 0)
     np.testing.assert_allclose(obs, expected, rtol=1e-5, atol=1e-5)
-    # The empty slot is all zeros (its size and candidates are ignored).
+    # The empty row is all zeros (its size and candidates are ignored).
     np.testing.assert_array_equal(obs[2], 0.0)
     # Sanity of the hand case itself: the regret is 0 at the best candidate, a burst raises
     # the rate (and so the reference shares), and a repeated server repeats its features.

@@ -74,7 +74,7 @@ def records(response_steps, valid, overflow, rejected) -> StepRecord:
 
 def test_summarise_counts_every_job_overflow_at_the_penalty():
     """Two steps of two slots, mean_job_steps 2, penalty 50 mean job times (100 steps):
-    step 0 has jobs of 2 and 4 steps, step 1 one job of 6 steps, one empty slot and one
+    step 0 has jobs of 2 and 4 steps, step 1 one job of 6 steps, one empty row and one
     overflowed arrival. Mean = (2 + 4 + 6 + 100) / 4 jobs / 2 = 14 mean job times."""
     m = summarise(records([[2.0, 4.0], [6.0, 0.0]], [[True, True], [True, False]], [0, 1], [0, 0]), PARAMS)
     assert int(m.num_jobs) == 4 and int(m.num_rejected) == 1

@@ -174,7 +174,7 @@ def test_area_exact_guidance_closed_form(seed):
 def test_congestion_exact_guidance_closed_form(discount, seed):
     """make_congestion_potential(d)'s exact guidance of job i at b is
     -(W_b + (1 - d)(A_b^{-i} + w_i/2)) w_i / mu_b (the beta = -(1 + d)/2 greedy's score),
-    0 on the empty slot, for d in {0, 0.3, 0.6, 0.9}."""
+    0 on the empty row, for d in {0, 0.3, 0.6, 0.9}."""
     case = random_case(seed)
     np.testing.assert_allclose(candidate_guidance(CONGESTION[discount], *case, exact=True),
                                area_closed_form(*case, discount=discount), rtol=1e-5, atol=1e-6)
@@ -419,7 +419,7 @@ def test_learned_policy_samples_servers_and_deterministic_picks_the_argmax():
     assert np.all(logits.max(-1)[valid] - runner_up[valid] > 1e-3), "the argmax server must be unambiguous"
     assert not np.array_equal(best[valid], candidates[valid, 0]), "the check must have power"
     np.testing.assert_array_equal(chosen[:, valid], np.broadcast_to(best[valid], (3, int(valid.sum()))))
-    # the empty slot's candidates tie (zero observation): any top-logit candidate's server
+    # the empty row's candidates tie (zero observation): any top-logit candidate's server
     tied = candidates[~valid][logits[~valid] >= logits[~valid].max(-1, keepdims=True) - 1e-6]
     assert np.all(np.isin(chosen[:, ~valid], tied))
 

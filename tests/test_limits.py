@@ -109,7 +109,7 @@ def test_cloud_actions_of_the_wrong_length_are_refused_under_jit(tiny_params):
     assert tiny_params.num_rows == 2
     for shape in ((3,), (2, 1), ()):
         with pytest.raises(ValueError, match=rf"^actions.shape={re.escape(repr(shape))} is invalid: allowed "
-                                             r"\(J,\) = \(2,\), one server index per job slot"):
+                                             r"\(J,\) = \(2,\), one server index per job row"):
             jax.jit(env.step).lower(key, state, jnp.zeros(shape, jnp.int32), tiny_params)
     jax.jit(env.step).lower(key, state, jnp.zeros(2, jnp.int32), tiny_params)  # (J,) traces
 

@@ -4,7 +4,7 @@ size from memory, 4 host devices, and the CLI's JSON line.
 
 One pair of compiled programs (training and Best-Fit) serves most of the file: the sweeps
 here share one (algo, N) config and chunk size 4 (the probe size of the memory analysis
-too), so the in-process program cache compiles them once. N = 20 at 0.6 steps per mean job: the job slots J at utilisation
+too), so the in-process program cache compiles them once. N = 20 at 0.6 steps per mean job: the job rows J at utilisation
 0.1 (15) are fewer than at 0.9 (20 = N), so a grid over both shows the slot sizing.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dgpg_jax import cli, runner, sweep, train
+from dgpg_jax import cli, runlog, runner, sweep, train
 from dgpg_jax.tasks.ev import EVConfig
 from conftest import at_once
 
@@ -142,7 +142,7 @@ def test_seed_s_is_train_with_that_seed_and_high_load_is_sized(full):
         train.make_learner(config).task.params.num_rows == 20
     assert train.make_learner(SWEEP.point_config("dgpg", 20, {"utilisation": 0.1})).task.params.num_rows < 20
     single = runner.run_training(config, seed=6, num_seeds=1, episodes_per_call=2)
-    columns = runner.log_columns(single.logs, single.task)
+    columns = runlog.log_columns(single.logs, single.task)
     frame = rows(out)
     mine = frame[(frame.grid_utilisation == 0.9) & (frame.seed == 6)].sort_values("episode")
     for name, values in columns.items():

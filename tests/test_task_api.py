@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from dgpg_jax import check_task, checkpoint, cli, leave_one_out, registry
-from dgpg_jax.runner import read_metrics
+from dgpg_jax.runlog import read_metrics
 import links_task
 from conftest import one_line
 

@@ -131,7 +131,7 @@ def test_tensorboard_second_call_appends_later_episodes(tmp_path):
 
 def test_tensorboard_with_real_log_columns(tmp_path):
     """Every scalar of a real EpisodeLog gets a tag; the histograms do not."""
-    from dgpg_jax import runner, train
+    from dgpg_jax import runlog, train
     from dgpg_jax.tasks.cloud.metrics import NUM_BINS, EpisodeMetrics
 
     def metrics(offset):
@@ -141,7 +141,7 @@ def test_tensorboard_with_real_log_columns(tmp_path):
         return EpisodeMetrics(**fields)
 
     quantities = {name: np.full((1, 2), 0.5, np.float32) for name in train.EpisodeLog._fields[2:]}
-    columns = runner.log_columns(train.EpisodeLog(metrics(0.0), metrics(10.0), **quantities),
+    columns = runlog.log_columns(train.EpisodeLog(metrics(0.0), metrics(10.0), **quantities),
                                 at_once(num_agents=5).make_task())
     trackers.log_episodes("tensorboard", tmp_path, columns, 4, [("seed_3", {})])
     got = read_scalars(tmp_path / "seed_3")
@@ -155,7 +155,7 @@ def test_tensorboard_with_real_log_columns(tmp_path):
 
 def test_ev_charging_reference_tagged_valley(tmp_path):
     """EV charging's reference columns (valley_*) go under "valley/", not "train/"."""
-    from dgpg_jax import runner, train
+    from dgpg_jax import runlog, train
     from dgpg_jax.tasks.ev import EVConfig
     from dgpg_jax.tasks.ev.evaluate import EpisodeMetrics
 
@@ -165,7 +165,7 @@ def test_ev_charging_reference_tagged_valley(tmp_path):
 
     task = EVConfig(num_agents=5).make_task()
     quantities = {name: np.full((1, 2), 0.5, np.float32) for name in train.EpisodeLog._fields[2:]}
-    columns = runner.log_columns(train.EpisodeLog(metrics(0.0), metrics(10.0), **quantities), task)
+    columns = runlog.log_columns(train.EpisodeLog(metrics(0.0), metrics(10.0), **quantities), task)
     trackers.log_episodes("tensorboard", tmp_path, columns, 0, [("seed_0", {})], task.reference_name)
     got = read_scalars(tmp_path / "seed_0")
     names = [f.name for f in dataclasses.fields(EpisodeMetrics)]

@@ -154,7 +154,7 @@ def _print_table(rows: list[dict], columns: list[tuple[str, str, str]], title: s
 def _emit(rows: list[dict], columns, title: str, as_json: bool) -> None:
     """One JSON object per line, or a table."""
     if as_json:
-        from dgpg_jax.runner import json_safe
+        from dgpg_jax.runlog import json_safe
 
         for row in rows:
             print(json.dumps(json_safe(row), allow_nan=False))
@@ -280,7 +280,8 @@ def _on_progress(progress, reference: str, episodes: int):
 def cmd_train(args) -> None:
     from dgpg_jax import rundir
     from dgpg_jax.plots import plot_learning_curves
-    from dgpg_jax.runner import FINAL_WINDOW, json_safe, run_training
+    from dgpg_jax.runlog import FINAL_WINDOW, json_safe
+    from dgpg_jax.runner import run_training
     from dgpg_jax.trackers import check_tracker
     from dgpg_jax.view import RUN_COLUMNS, view_of
 
@@ -322,7 +323,7 @@ def _final_key(key: str, task) -> str:
 def cmd_compare(args) -> None:
     from dgpg_jax import algorithms
     from dgpg_jax.compare import run_compare
-    from dgpg_jax.runner import FINAL_WINDOW
+    from dgpg_jax.runlog import FINAL_WINDOW
     from dgpg_jax.view import RUN_COLUMNS, view_of
 
     _check_run_flags(args)
@@ -387,7 +388,7 @@ def _sweep(args, spec, main_process: bool) -> None:
                                TimeRemainingColumn)
 
     from dgpg_jax import sweep
-    from dgpg_jax.runner import FINAL_WINDOW
+    from dgpg_jax.runlog import FINAL_WINDOW
     from dgpg_jax.view import view_of
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

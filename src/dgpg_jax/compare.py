@@ -11,7 +11,8 @@ import jax
 
 from dgpg_jax import registry, rundir, train
 from dgpg_jax.evaluate import evaluate_policies, seed_keys
-from dgpg_jax.runner import FINAL_WINDOW, RunResult, json_safe, run_training
+from dgpg_jax.runlog import FINAL_WINDOW, RunResult, json_safe
+from dgpg_jax.runner import run_training
 from dgpg_jax.task import Task
 
 RUN_FIELDS = ("episodes_to_converge", "wall_seconds", "compile_seconds")

@@ -1,7 +1,7 @@
 """Per-episode metrics sent to the experiment trackers JAX-RL users read: TensorBoard event
 files (through tensorboardX) and Weights & Biases in offline mode, each an optional extra.
 
-The arrays come from `runner.log_columns` on the host, after a jitted call returns; nothing
+The arrays come from `runlog.log_columns` on the host, after a jitted call returns; nothing
 is sent from inside a traced program. Every run (one seed, or one seed of a sweep point)
 is its own tracker run, its steps the 1-based episode numbers, so TensorBoard overlays
 seeds. The backends are imported only when a tracker is opened.
@@ -139,7 +139,7 @@ def close_trackers(trackers: Sequence[Tracker]) -> None:
 
 
 def tag(column: str, reference: str = "best_fit") -> str:
-    """Tracker tag of a `runner.log_columns` name: the reference's columns under
+    """Tracker tag of a `runlog.log_columns` name: the reference's columns under
     "<reference>/" ("best_fit/", "valley/"), the learner's metrics and quantities under
     "train/"."""
     if column.startswith(f"{reference}_"):
@@ -164,7 +164,7 @@ def write_episodes(trackers: Sequence[Tracker], columns: dict[str, np.ndarray], 
                    reference: str = "best_fit") -> None:
     """Log episodes first_episode + 1, first_episode + 2, ... of run s to `trackers[s]`.
 
-    `columns` is `runner.log_columns(logs, task)`: arrays [S, E] per name for the S runs
+    `columns` is `runlog.log_columns(logs, task)`: arrays [S, E] per name for the S runs
     and E episodes; columns with more axes (histograms [S, E, NUM_BINS]) are left out, and
     so are NaN and infinite values. `reference` is the task's `reference_name` (`tag`)."""
     scalar = _scalar_columns(columns, len(trackers), first_episode)

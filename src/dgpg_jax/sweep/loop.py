@@ -27,7 +27,7 @@ import numpy as np
 
 from dgpg_jax import distributed, evaluate, memory, rundir, registry, trackers, train
 from dgpg_jax.rundir import write_atomic
-from dgpg_jax.runner import FINAL_WINDOW, json_safe, log_columns, metric_columns
+from dgpg_jax.runlog import FINAL_WINDOW, json_safe, log_columns, metric_columns
 from dgpg_jax.sweep.programs import (_batch_sharding, _global_array, _inputs, _local_part, _round_up,
                                      choose_chunk_size, chunk_program, make_mesh, reference_program)
 from dgpg_jax.sweep.spec import Sweep, _group_name, configuration, run_name
@@ -40,7 +40,7 @@ from dgpg_jax.validation import check_integer
 def _chunk_doc(sweep: Sweep, group_index: int, algo: str, n: int, index: int, items: list[tuple[int, int]],
                logs: train.EpisodeLog) -> dict:
     """The rows of one chunk (one per item and episode, the scalar columns of
-    `runner.log_columns`) and, per item, every metric column (arrays such as histograms
+    `runlog.log_columns`) and, per item, every metric column (arrays such as histograms
     included) of its final FINAL_WINDOW episodes, which `summarise` pools."""
     points, seeds = sweep.points(), sweep.seed_values
     task = sweep.base.env.make_task()

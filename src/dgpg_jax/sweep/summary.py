@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from dgpg_jax import evaluate
-from dgpg_jax.runner import metrics_from_columns
+from dgpg_jax.runlog import metrics_from_columns
 from dgpg_jax.sweep.spec import Sweep
 
 

@@ -1,6 +1,6 @@
 """Heuristic and analytical dispatch policies, all pure functions of one signature:
 
-    policy(key, state, params) -> (J,) int32 server index per job slot
+    policy(key, state, params) -> (J,) int32 server index per job row
 
 They read the jobs of this step and the server aggregates from the state; jittable and
 vmappable. Together they separate the cost of information (own k candidates vs all M
@@ -67,7 +67,7 @@ def power_of_d_policy(key, state, params, d: int = 2):
 
 
 def sequential_greedy_policy(key, state, params, beta: float = 0.0, global_scope: bool = True):
-    """Agents in turn (slot order), each job to the lowest (W_b + (1 + beta) w) / mu_b given
+    """Agents in turn (row order), each job to the lowest (W_b + (1 + beta) w) / mu_b given
     the jobs placed before it this step, over all servers or among its own candidates.
 
     beta = 0 is Best-Fit (earliest finish). beta < 0 is the congestion-aware greedy: it

@@ -33,7 +33,7 @@ def reset(key: jax.Array, params: CloudParams) -> tuple[jax.Array, CloudState]:
 
 def step(key: jax.Array, state: CloudState, actions: jax.Array, params: CloudParams):
     """Dispatch this step's jobs to servers `actions` ((J,) int32 in [0, M), ignored on
-    empty slots), serve one step, draw the next jobs from `key`. An action outside
+    empty rows), serve one step, draw the next jobs from `key`. An action outside
     [0, M) rejects its job at the penalty (counted in `info["num_invalid"]`).
 
     Returns (obs, state, reward, done, info). `reward` is minus the summed response time
@@ -44,7 +44,7 @@ def step(key: jax.Array, state: CloudState, actions: jax.Array, params: CloudPar
     """
     j = params.num_rows
     check("actions.shape", jnp.shape(actions), jnp.shape(actions) == (j,),
-          f"(J,) = ({j},), one server index per job slot")
+          f"(J,) = ({j},), one server index per job row")
     mu = service_rate(params)
     jobs = state.jobs
     scale = params.mean_job_steps
@@ -76,7 +76,7 @@ def step(key: jax.Array, state: CloudState, actions: jax.Array, params: CloudPar
     info = {
         "response_time": out.response_time,  # (J,) steps
         "accepted": out.accepted,  # (J,)
-        "rejected": out.rejected,  # (J,), buffer full or invalid action; slot overflow not included
+        "rejected": out.rejected,  # (J,), buffer full or invalid action; row overflow not included
         "num_arrived": jobs.valid.sum() + jobs.num_overflow,
         "num_rejected": out.rejected.sum() + jobs.num_overflow,
         "num_overflow": jobs.num_overflow,

@@ -14,7 +14,7 @@ from flax import struct
 class Dispatch:
     """Outcome of sending one step's jobs to their servers."""
 
-    response_time: jax.Array  # (J,) float32, steps; the penalty for a rejected job, 0 for empty slots
+    response_time: jax.Array  # (J,) float32, steps; the penalty for a rejected job, 0 for empty rows
     accepted: jax.Array  # (J,) bool
     rejected: jax.Array  # (J,) bool, buffer full or invalid server
     invalid: jax.Array  # (J,) bool, server index outside [0, M) (also counted as rejected)
@@ -22,9 +22,9 @@ class Dispatch:
 
 
 def work_ahead(server: jax.Array, size: jax.Array, num_servers: int) -> jax.Array:
-    """(J,) work sent to the same server by earlier slots of this step (exclusive prefix sum).
+    """(J,) work sent to the same server by earlier rows of this step (exclusive prefix sum).
 
-    `server` may hold `num_servers` for empty slots. The segment start is read from the
+    `server` may hold `num_servers` for empty rows. The segment start is read from the
     same cumulative sum, so the first job at a server gets exactly 0.
     """
     order = jnp.argsort(server, stable=True)
@@ -36,19 +36,19 @@ def work_ahead(server: jax.Array, size: jax.Array, num_servers: int) -> jax.Arra
 
 
 def earlier_work(server: jax.Array, size: jax.Array, valid: jax.Array, candidates: jax.Array) -> jax.Array:
-    """(J, k) work sent to server `candidates[i, b]` by the valid slots before i this step.
+    """(J, k) work sent to server `candidates[i, b]` by the valid rows before i this step.
 
-    Slots are sorted by (server, slot); a query (candidates[i, b], i) finds by binary
-    search the sorted slots before it, and prefix sums of their sizes give the work of
+    Rows are sorted by (server, row); a query (candidates[i, b], i) finds by binary
+    search the sorted rows before it, and prefix sums of their sizes give the work of
     that server's segment. O((J k + J) log J), no (J, M) tensor.
     """
     j = server.shape[0]
-    slot = jnp.arange(j)
-    key = jnp.where(valid, server, jnp.iinfo(jnp.int32).max // (j + 1)) * j + slot  # invalid slots sort last
+    row = jnp.arange(j)
+    key = jnp.where(valid, server, jnp.iinfo(jnp.int32).max // (j + 1)) * j + row  # invalid rows sort last
     order = jnp.argsort(key)
     sorted_key = key[order]
     prefix = jnp.concatenate([jnp.zeros(1), jnp.cumsum(jnp.where(valid, size, 0.0)[order])])
-    before = jnp.searchsorted(sorted_key, candidates * j + slot[:, None], side="left")
+    before = jnp.searchsorted(sorted_key, candidates * j + row[:, None], side="left")
     start = jnp.searchsorted(sorted_key, candidates * j, side="left")
     return prefix[before] - prefix[start]
 
@@ -83,7 +83,7 @@ def dispatch(backlog: jax.Array, service_rate: jax.Array, buffer_work: jax.Array
       penalty_steps: () response time charged for a rejected job.
       server: (J,) int32 server index per job, in [0, M).
       size: (J,) job work.
-      valid: (J,) bool, slot holds a job.
+      valid: (J,) bool, row holds a job.
     """
     m = backlog.shape[0]
     invalid = valid & ((server < 0) | (server >= m))

@@ -89,7 +89,7 @@ def candidate_guidance(potential: Potential, agg: Aggregates, size: jax.Array, c
       potential: elementwise potential (see module docstring).
       agg: (M,) aggregates, `arriving_work` including every job's chosen server.
       size: (J,) job work; candidates: (J, k) server indices; server: (J,) chosen server;
-      valid: (J,) bool. Empty slots get 0.
+      valid: (J,) bool. Empty rows get 0.
       exact: leave-one-out difference (True) or first order w_i dG/dA_b (False).
       before: (J, k) work at each candidate that job i's change starts from. None: every
         other job's work of this step (leave-one-out, for simultaneous decisions). With

@@ -33,11 +33,11 @@ class StepRecord:
 
     reward: jax.Array  # ()
     response_time: jax.Array  # (J,) steps
-    valid: jax.Array  # (J,) bool, slot held a job
-    num_arrived: jax.Array  # () int32, slot overflow included
-    num_overflow: jax.Array  # () int32, arrivals beyond the J slots (rejected at the penalty)
-    num_rejected: jax.Array  # () int32, slot overflow included
-    response_time_sum: jax.Array  # () steps, slot overflow at the penalty
+    valid: jax.Array  # (J,) bool, row held a job
+    num_arrived: jax.Array  # () int32, row overflow included
+    num_overflow: jax.Array  # () int32, arrivals beyond the J rows (rejected at the penalty)
+    num_rejected: jax.Array  # () int32, row overflow included
+    response_time_sum: jax.Array  # () steps, row overflow at the penalty
     served_work: jax.Array  # ()
     capacity_work: jax.Array  # ()
 
@@ -46,7 +46,7 @@ class StepRecord:
 class EpisodeMetrics:
     """Per-episode metrics; every response time in mean job times. The counts and the
     histogram make metrics poolable over episodes and seeds (`pool`). Every arrived job
-    counts, slot overflow included, at the rejection penalty."""
+    counts, row overflow included, at the rejection penalty."""
 
     episode_return: jax.Array  # ()
     num_jobs: jax.Array  # () int32, jobs arrived
@@ -122,7 +122,7 @@ def make_record(state: CloudState, reward: jax.Array, info: dict) -> StepRecord:
 
 def summarise(records: StepRecord, params: CloudParams) -> EpisodeMetrics:
     """Episode metrics from time-stacked records ((T, ...) leaves), in mean job times.
-    Every arrived job counts, the slot overflow at the rejection penalty."""
+    Every arrived job counts, the row overflow at the rejection penalty."""
     scale = params.mean_job_steps
     arrived = records.num_arrived.sum()
     response_sum = records.response_time_sum.sum() / scale

@@ -66,14 +66,14 @@ def _candidate_features(state: CloudState, params: CloudParams, share: jax.Array
 
 def job_observation(state: CloudState, params: CloudParams) -> jax.Array:
     """(J, k, F) features of every candidate of every job of this step, on the step-start
-    queues (zeros for empty slots). With in-turn decisions it is what the first job sees."""
+    queues (zeros for empty rows). With in-turn decisions it is what the first job sees."""
     jobs = state.jobs
     return _candidate_features(state, params, current_reference_share(state, params), jobs.size, jobs.candidates,
                                jobs.valid, state.backlog[jobs.candidates])
 
 
 def decide_in_turn(state: CloudState, params: CloudParams, choose, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The step's jobs decide in agent (slot) order, a `lax.scan` over the J slots: each
+    """The step's jobs decide in agent (row) order, a `lax.scan` over the J rows: each
     job's features read the queues with the work of the earlier jobs of this step added,
     then `choose(key, obs (k, F)) -> ()` int32 picks its candidate. `keys` is (J,).
 

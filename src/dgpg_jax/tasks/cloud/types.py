@@ -191,13 +191,13 @@ class CloudParams:
 
 @struct.dataclass
 class Jobs:
-    """The jobs arriving in one step, one row per slot, in agent order."""
+    """The jobs arriving in one step, one row per row, in agent order."""
 
-    size: jax.Array  # (J,) float32, work (mean 1); 0 for an empty slot
+    size: jax.Array  # (J,) float32, work (mean 1); 0 for an empty row
     candidates: jax.Array  # (J, k) int32, server indices the job may go to
-    valid: jax.Array  # (J,) bool, slot holds a job
+    valid: jax.Array  # (J,) bool, row holds a job
     num_overflow: jax.Array  # () int32, arrivals beyond J, rejected
-    agent: jax.Array  # (J,) int32, the agent that received the job; N for an empty slot
+    agent: jax.Array  # (J,) int32, the agent that received the job; N for an empty row
 
 
 @struct.dataclass
