@@ -13,6 +13,7 @@ them is a second `vmap`. Episode e of a run draws its traces from the same key a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import chex
@@ -200,10 +201,26 @@ class Learner(NamedTuple):
     potential: Any
 
 
+@functools.lru_cache(maxsize=64)
+def _checked(env_config, guided: bool) -> bool:
+    """`check_task` once per (frozen, hashable) config: the same config builds the same task."""
+    check_task(env_config.make_task(), guided)
+    return True
+
+
 def make_learner(config: TrainConfig) -> Learner:
+    """The static pieces of a run: the config validated, its task built and checked
+    (`check_task`, before anything compiles), the networks and the potential."""
     config.validate()
     critic = CentralCritic(config.hidden) if algorithms.uses_central_critic(config.algo) else LocalCritic(config.hidden)
-    task = check_task(config.env.make_task(), guided=algorithms.uses_guidance(config.algo))
+    guided = algorithms.uses_guidance(config.algo)
+    try:
+        hash(config.env)
+    except TypeError:  # an unhashable config: checked every time
+        check_task(config.env.make_task(), guided)
+    else:
+        _checked(config.env, guided)
+    task = config.env.make_task()
     return Learner(config, task, Actor(config.hidden), critic,
                    task.get_potential(config.potential, exact=not config.first_order))
 
