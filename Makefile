@@ -38,6 +38,7 @@ reproduce: $(STAMP)
 	$(BIN)/python experiments/load.py
 	$(BIN)/python experiments/small_scale.py
 	$(BIN)/python experiments/decision_modes.py
+	$(BIN)/python experiments/traffic.py
 	$(BIN)/python experiments/scale.py --setting in_turn --sizes 20,50,100,200,500,1000 --seeds 3
 	$(BIN)/python experiments/gap.py
 	$(BIN)/dgpg sweep --algo dgpg,mappo --num-agents 200 --episodes 20 --seeds 64 --out results/seeds64_in_turn
