@@ -74,10 +74,11 @@ def _env_config(args):
     return env_class(**{**env_overrides, **given}).validate()
 
 
-def _add_run_flags(parser: argparse.ArgumentParser, episodes: int, seeds: int) -> None:
+def _add_run_flags(parser: argparse.ArgumentParser, episodes: int, seeds: int,
+                   seed_help: str = "master seed: the runs' keys are split from it (default 0)") -> None:
     parser.add_argument("--episodes", type=int, default=episodes, help=f"episodes (days) per seed (default {episodes})")
     parser.add_argument("--seeds", type=int, default=seeds, help=f"seeds run in parallel (default {seeds})")
-    parser.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
     parser.add_argument("--json", action="store_true", help="print one JSON object per line instead of a table")
 
 
@@ -523,7 +524,8 @@ def build_parser(task: str = registry.DEFAULT_TASK) -> argparse.ArgumentParser:
     group.add_argument("--process-id", type=int, help="this process's index in [0, num_processes)")
     group.add_argument("--distributed", action="store_true",
                        help="start jax.distributed with every setting from the environment (SLURM, Open MPI)")
-    _add_run_flags(p, episodes=20, seeds=8)
+    _add_run_flags(p, episodes=20, seeds=8, seed_help="first seed: the runs are seeds SEED .. SEED + SEEDS - 1, each "
+                   "the master seed of one run, so a sweep's seed s is `dgpg train --seed s --seeds 1` (default 0)")
     _add_train_flags(p, task)
     _add_env_flags(p, task)
     p.add_argument("--num-agents", default="20", help="comma list of N (default 20)")
