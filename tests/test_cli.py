@@ -163,30 +163,30 @@ def test_eval_of_a_missing_checkpoint_exits_2(tmp_path, capsys):
 def test_paper_preset_and_overrides():
     parser = cli.build_parser()
     args = parser.parse_args(["train", "--out", "unused", "--preset", "paper"])
-    env = cli._env_config(args)
+    env = cli.parser.make_env_config(args)
     assert env.memoryless is True
     assert env.mean_job_steps == 0.6
     assert env.candidate_sampling == "uniform"
-    assert cli._train_config(args, "dgpg").potential == "split"
+    assert cli.parser.make_train_config(args, "dgpg").potential == "split"
 
     # explicit flags win over the preset
     args = parser.parse_args(["train", "--out", "unused", "--preset", "paper", "--mean-job-steps", "2",
                               "--no-memoryless", "--potential", "area"])
-    env = cli._env_config(args)
+    env = cli.parser.make_env_config(args)
     assert (env.mean_job_steps, env.memoryless, env.candidate_sampling) == (2.0, False, "uniform")
-    assert cli._train_config(args, "dgpg").potential == "area"
+    assert cli.parser.make_train_config(args, "dgpg").potential == "area"
 
     # without a preset: the CloudConfig defaults
     args = parser.parse_args(["eval", "--num-agents", "7"])
-    env = cli._env_config(args)
+    env = cli.parser.make_env_config(args)
     assert (env.num_agents, env.memoryless, env.candidate_sampling, env.mean_job_steps) == (7, False, "capacity", 10.0)
 
 
 def test_alpha_flag_sets_the_schedule():
     parser = cli.build_parser()
-    constant = cli._train_config(parser.parse_args(["train", "--out", "x", "--alpha", "0.4"]), "dgpg")
+    constant = cli.parser.make_train_config(parser.parse_args(["train", "--out", "x", "--alpha", "0.4"]), "dgpg")
     assert (constant.alpha_start, constant.alpha_end, constant.alpha_schedule) == (0.4, 0.4, "constant")
-    linear = cli._train_config(parser.parse_args(["train", "--out", "x", "--alpha", "0.8", "0.1"]), "dgpg")
+    linear = cli.parser.make_train_config(parser.parse_args(["train", "--out", "x", "--alpha", "0.8", "0.1"]), "dgpg")
     assert (linear.alpha_start, linear.alpha_end, linear.alpha_schedule) == (0.8, 0.1, "linear")
 
 

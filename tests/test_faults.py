@@ -223,6 +223,14 @@ def test_a_flag_of_another_task_is_named_as_such(capsys):
 
 def test_non_finite_results_fail_the_command():
     columns = [("policy", "policy", ""), ("mean_response_time", "mean RT", ".3f")]
-    cli._check_finite([{"policy": "best_fit", "mean_response_time": 1.0}], columns, "policy")
+    cli.output.check_finite([{"policy": "best_fit", "mean_response_time": 1.0}], columns, "policy")
     with pytest.raises(cli.RunFailed, match="mean RT \\(mean_response_time\\) of best_fit is nan"):
-        cli._check_finite([{"policy": "best_fit", "mean_response_time": float("nan")}], columns, "policy")
+        cli.output.check_finite([{"policy": "best_fit", "mean_response_time": float("nan")}], columns, "policy")
+
+
+def test_a_reference_of_cost_zero_fails_the_command_in_one_line(capsys):
+    """4 agents for 4 steps receive no job: Best-Fit's mean response time is 0, so no ratio
+    exists; the command says so (exit status 1), no ZeroDivisionError."""
+    assert cli.main(["eval", "--num-agents", "4", "--horizon", "4", "--episodes", "1", "--seeds", "1",
+                     "--policy", "random"]) == 1
+    assert "ratio_to_best_fit) of random is nan" in one_line(capsys)

@@ -152,7 +152,8 @@ def evaluate_policies(policies: list[tuple[str, Act]], task: Task, run_keys: jax
     rows = []
     for name, m in zip(names, metrics):
         pooled = task.pool(m)
-        ratio = pooled[task.cost_key] / reference_cost
+        with np.errstate(divide="ignore", invalid="ignore"):  # nan or inf for a reference of cost 0
+            ratio = float(np.divide(pooled[task.cost_key], reference_cost))
         rows.append({"policy": name, "num_agents": num_agents, **task.sizes, "episodes": num_episodes, "seeds": seeds,
                      **pooled, task.ratio_key: ratio, "ratio_to_reference": ratio})
     return rows
