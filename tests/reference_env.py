@@ -1,6 +1,6 @@
 """An independent plain-Python reference for one step of the environment's queues.
 
-Written from the rules in docs/environment.md, job by job in slot (agent) order, with
+Written from the rules in docs/environment.md, job by job in row (agent) order, with
 Python floats (double precision) and lists: no JAX, no prefix sums, no sorting. Used as
 the oracle for `dgpg_jax.tasks.cloud.step` in tests/test_env.py.
 

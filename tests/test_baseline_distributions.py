@@ -1,4 +1,4 @@
-"""The randomised baselines draw from the distributions the README names (chi-square over
+"""The randomised baselines draw from the distributions docs/environment.md names (chi-square over
 many fixed keys, one vmapped program per policy), and the in-turn congestion-aware greedy
 among own candidates (`greedy_k`) equals a plain-Python loop on hand-worked cases.
 

@@ -2,7 +2,7 @@
 observation features, the diurnal arrival law, bursts, candidate sampling, the job-size
 law, the fleet mix, and row overflow under a real overload.
 
-Every expected value is computed here in float64 from the README's description, never
+Every expected value is computed here in float64 from docs/environment.md's description, never
 from the library's own helpers (except `env.make_params`, `env.reset` to get a state of
 the right shapes, and the functions under test). Statistical checks run on fixed keys, so
 they are deterministic; their tolerances are a few standard errors of the sample.
@@ -104,7 +104,7 @@ def obs_params():
 
 
 def hand_job_features(params, state, time, burst):
-    """(J, k, 10) in float64: the README's per-candidate and per-job features."""
+    """(J, k, 10) in float64: docs/environment.md's per-candidate and per-job features."""
     scale = float(params.mean_job_steps)
     cap = f64(params.capacity)
     mu = cap / scale
@@ -190,7 +190,7 @@ def test_arrival_probability_is_the_daily_sine():
         for burst in (False, True):
             p = float(arrivals.arrival_probability(params, jnp.asarray(time, jnp.int32), jnp.asarray(burst)))
             assert p == pytest.approx(hand_arrival_probability(params, time, burst), rel=1e-6), (time, burst)
-    # The README's numbers: p0 = rho M / (N mean_job_steps); lowest at t = 0, highest at T / 2.
+    # docs/environment.md's numbers: p0 = rho M / (N mean_job_steps); lowest at t = 0, highest at T / 2.
     assert hand_arrival_probability(params, 0, False) == pytest.approx(0.375 * 0.75, rel=1e-5)
     assert hand_arrival_probability(params, 500, False) == pytest.approx(0.375 * 1.25, rel=1e-5)
     default = env.make_params(env.CloudConfig())
@@ -366,7 +366,7 @@ def test_default_sizes_have_mean_one_and_the_large_tenth_carries_about_half_the_
     xm, c = float(params.large_scale), float(params.large_clip)
     raw = raw_size_mean(params)
     large_mean = clipped_pareto_mean(float(params.large_shape), xm, c)
-    # Analytic share of the work carried by the large mode (README: "the large 10% carry
+    # Analytic share of the work carried by the large mode (docs/environment.md: "the large 10% carry
     # half the work"): 0.1 * 9.737 / 2.051 = 0.4747.
     large_share = f * large_mean / raw
     assert large_share == pytest.approx(0.5, abs=0.03)
